@@ -1,0 +1,164 @@
+"""Checks that can only fail if a family's defining idea is broken."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+
+import zoo
+from zoo.models import apply_noise
+from tests.helpers import TINY_SHAPE, tiny_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's bundled 8x8 digits, scaled to [0, 1]: small real data."""
+    x = (load_digits().images / 16.0).astype("float32")[..., None]
+    return x[:1500], x[1500:]
+
+
+def train(model, x, epochs, lr=1e-3, batch_size=64):
+    model.compile(optimizer=keras.optimizers.Adam(lr))
+    model.fit(x, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    return model
+
+
+# --- denoising ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dae", "conv_dae"])
+@pytest.mark.parametrize("noise,level", [("gaussian", 0.3), ("masking", 0.5), ("salt_and_pepper", 0.2)])
+def test_denoising_noise_only_in_training(name, noise, level, digits):
+    x = digits[0][:64]
+    model = tiny_model(name, noise=noise, noise_level=level, seed=3)
+    clean = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_array_equal(clean, keras.ops.convert_to_numpy(model(x)))
+    noisy_a = keras.ops.convert_to_numpy(model(x, training=True))
+    noisy_b = keras.ops.convert_to_numpy(model(x, training=True))
+    assert not np.array_equal(noisy_a, clean)
+    assert not np.array_equal(noisy_a, noisy_b), "noise must be drawn afresh for every batch"
+    corrupted = model.corrupt(x)
+    assert corrupted.min() >= 0 and corrupted.max() <= 1
+    assert np.mean(np.abs(corrupted - x)) > 0.02
+    assert np.array_equal(keras.ops.convert_to_numpy(model.corruption(x)), x), "corruption is off at inference"
+
+
+def test_noise_kinds_have_their_statistics():
+    x = np.full((200, 28, 28, 1), 0.5, "float32")
+    masked = keras.ops.convert_to_numpy(apply_noise(x, "masking", 0.3, seed=1))
+    assert np.mean(masked == 0) == pytest.approx(0.3, abs=0.01)
+    sp = keras.ops.convert_to_numpy(apply_noise(x, "salt_and_pepper", 0.2, seed=1))
+    assert np.mean(sp != 0.5) == pytest.approx(0.2, abs=0.01)
+    assert np.mean(sp == 1) == pytest.approx(0.1, abs=0.01)
+    gauss = keras.ops.convert_to_numpy(apply_noise(x, "gaussian", 0.1, seed=1))
+    assert np.std(gauss - x) == pytest.approx(0.1, rel=0.05)
+    with pytest.raises(ValueError, match="salt_and_pepper"):
+        zoo.build("dae", noise="speckle")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        zoo.build("dae", noise="masking", noise_level=1.5)
+
+
+def test_dae_target_is_the_clean_input(digits):
+    """A DAE on masking noise must learn to fill in: its reconstruction of masked inputs beats the input."""
+    keras.utils.set_random_seed(0)
+    x_train, x_test = digits
+    model = train(zoo.build("dae", input_shape=(8, 8, 1), latent_dim=16, hidden_units=(64,), noise="masking",
+                            noise_level=0.5, seed=0), x_train, epochs=60, lr=3e-3)
+    noisy = keras.ops.convert_to_numpy(apply_noise(x_test, "masking", 0.5, seed=5))
+    err_noisy = np.mean(np.sum((noisy - x_test) ** 2, axis=(1, 2, 3)))
+    err_denoised = np.mean(np.sum((model.reconstruct(noisy) - x_test) ** 2, axis=(1, 2, 3)))
+    assert err_denoised < 0.5 * err_noisy
+
+
+# --- variational -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vae", "conv_vae"])
+def test_vae_kl_sampling_and_encode_mean(name, digits):
+    keras.utils.set_random_seed(0)
+    x = digits[0][:256]
+    model = tiny_model(name, seed=4)
+    history = train(model, x, epochs=2).history.history
+    assert all(kl > 0 for kl in history["kl_loss"])
+    samples = model.sample(9)
+    assert samples.shape == (9,) + TINY_SHAPE
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert not np.allclose(samples[0], samples[1])
+    z_mean, z_log_var = model.encode_distribution(x[:8])
+    np.testing.assert_allclose(model.encode(x[:8]), z_mean)
+    np.testing.assert_allclose(model.reconstruct(x[:8]), model.decode(z_mean), atol=1e-5)
+    # Training-mode calls sample from the posterior; inference uses its mean.
+    a = keras.ops.convert_to_numpy(model(x[:8], training=True))
+    assert not np.allclose(a, model.reconstruct(x[:8]), atol=1e-5)
+
+
+def test_beta_scales_the_kl_term(digits):
+    x = digits[0][:64]
+    terms = {}
+    for beta in (1.0, 4.0):
+        keras.utils.set_random_seed(0)
+        model = tiny_model("vae", beta=beta, seed=0)
+        terms[beta] = float(model.compute_loss_terms(x, training=False)["kl_loss"])
+    assert terms[4.0] == pytest.approx(4 * terms[1.0], rel=1e-5)
+
+
+# --- sparse ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sparsity", ["kl", "l1"])
+def test_sparsity_penalty_lowers_code_activation(sparsity, digits):
+    x_train, x_test = digits
+    activation = {}
+    for weight in (0.0, 3.0):
+        keras.utils.set_random_seed(0)
+        model = train(zoo.build("sparse_ae", input_shape=(8, 8, 1), latent_dim=32, sparsity=sparsity,
+                                sparsity_weight=weight, sparsity_target=0.05), x_train, epochs=20, lr=3e-3)
+        activation[weight] = float(np.mean(model.encode(x_test)))
+    assert activation[3.0] < 0.6 * activation[0.0], activation
+
+
+def test_kl_sparsity_needs_sigmoid():
+    with pytest.raises(ValueError, match="sigmoid"):
+        zoo.build("sparse_ae", activation="relu")
+
+
+# --- contractive -------------------------------------------------------------------------------
+def jacobian_frobenius_sq(model, x):
+    """||d code / d x||_F^2 per image by automatic differentiation, independent of the closed form."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        code = model.encoder(x)
+    jac = tape.batch_jacobian(code, x)
+    return tf.reduce_sum(tf.square(jac), axis=list(range(1, len(jac.shape)))).numpy()
+
+
+def test_contractive_closed_form_matches_autodiff(digits):
+    model = zoo.build("contractive_ae", input_shape=(8, 8, 1), latent_dim=6, contractive_weight=1.0)
+    x = digits[0][:16]
+    closed = float(model.compute_loss_terms(x)["contractive_loss"])
+    assert closed == pytest.approx(float(np.mean(jacobian_frobenius_sq(model, x))), rel=1e-4)
+
+
+def test_contractive_penalty_lowers_jacobian_norm(digits):
+    x_train, x_test = digits
+    norms = {}
+    for weight in (0.0, 1.0):
+        keras.utils.set_random_seed(0)
+        model = train(zoo.build("contractive_ae", input_shape=(8, 8, 1), latent_dim=16,
+                                contractive_weight=weight), x_train, epochs=20, lr=3e-3)
+        norms[weight] = float(np.mean(jacobian_frobenius_sq(model, x_test[:100])))
+    assert norms[1.0] < 0.5 * norms[0.0], norms
+
+
+# --- linear = PCA ------------------------------------------------------------------------------
+def test_linear_ae_reaches_pca(digits):
+    """The lecture: an autoencoder without activations reaches PCA's capacity (within 3%)."""
+    x_train, x_test = digits
+    k = 10
+    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    pca = PCA(n_components=k).fit(flat_train)
+    pca_err = np.mean(np.sum((pca.inverse_transform(pca.transform(flat_test)) - flat_test) ** 2, axis=1))
+
+    keras.utils.set_random_seed(0)
+    model = zoo.build("linear_ae", input_shape=(8, 8, 1), latent_dim=k)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-2, 2500)))
+    model.fit(x_train, batch_size=150, epochs=250, verbose=0)
+    ae_err = np.mean(np.sum((model.reconstruct(x_test) - x_test) ** 2, axis=(1, 2, 3)))
+    assert ae_err <= 1.03 * pca_err, (ae_err, pca_err)

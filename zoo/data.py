@@ -1,0 +1,412 @@
+"""Datasets for the zoo: find the images (prepared tfds data, local IDX files, or a tfds
+download) and feed them as float32 NHWC batches in [0, 1] through a tf.data pipeline."""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from zoo import idx
+from zoo.errors import DataFormatError, DataUnavailableError, unknown_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the zoo knows about a dataset before loading it."""
+
+    name: str
+    tfds_name: str
+    image_shape: tuple
+    num_classes: int
+    class_names: tuple
+    num_train: int
+    num_test: int
+    idx: bool  # distributed as IDX files, so a local folder of them can stand in for tfds
+
+
+_DIGITS = tuple(str(i) for i in range(10))
+DATASETS = {
+    info.name: info
+    for info in (
+        DatasetInfo("mnist", "mnist", (28, 28, 1), 10, _DIGITS, 60000, 10000, idx=True),
+        DatasetInfo(
+            "fashion_mnist",
+            "fashion_mnist",
+            (28, 28, 1),
+            10,
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            60000,
+            10000,
+            idx=True,
+        ),
+        DatasetInfo(
+            "cifar10",
+            "cifar10",
+            (32, 32, 3),
+            10,
+            ("airplane", "automobile", "bird", "cat", "deer",
+             "dog", "frog", "horse", "ship", "truck"),
+            50000,
+            10000,
+            idx=False,
+        ),
+    )
+}
+
+# Where tfds downloads each dataset from (the URLs in tensorflow_datasets/image_classification/).
+# Probed before a download because tfds retries for minutes when the network is down.
+DOWNLOAD_HOSTS = {
+    "mnist": ("storage.googleapis.com", 443),
+    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+    "cifar10": ("www.cs.toronto.edu", 443),
+}
+CONNECT_TIMEOUT_S = 3.0
+
+# IDX folders found without being named: Debian's package dataset-fashion-mnist.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_IDX_DIRS = {"fashion_mnist": (DEBIAN_FASHION_MNIST_DIR,)}
+
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass
+class Arrays:
+    """One split as numpy arrays: images uint8 NHWC, labels int64, and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+
+
+@dataclasses.dataclass
+class Splits:
+    """The three pipelines of a dataset; each yields float32 image batches in [0, 1], no labels."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    info: DatasetInfo
+    source: str
+    num_train: int
+    num_val: int
+    num_test: int
+
+
+def get_info(name):
+    """Return the DatasetInfo of `name`, or raise UnknownNameError naming close matches."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        raise unknown_name("dataset", name, DATASETS) from None
+
+
+def list_datasets():
+    return sorted(DATASETS)
+
+
+def normalize(images):
+    """Return uint8 images as float32 in [0, 1] (the same numbers the pipeline yields)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError("normalize expects uint8 images, got {}".format(images.dtype))
+    return images.astype(np.float32) / np.float32(255)
+
+
+# --- Finding the data --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Source:
+    kind: str  # "tfds" or "idx"
+    description: str
+    builder: object = None
+    path: str = None
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    # tfds.builder warns "Variant folder ... has no dataset_info.json" whenever the data is
+    # not prepared, which is the normal case before we try the other sources.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _tfds_builder(info):
+    # tfds reads TFDS_DATA_DIR once at import; reading it here lets it change at run time.
+    with _quiet_absl():
+        return tfds.builder(info.tfds_name, data_dir=os.environ.get("TFDS_DATA_DIR") or None)
+
+
+def _idx_candidates(info, base):
+    # A shared data folder may hold one subfolder per dataset; a flat folder is taken to be
+    # the dataset asked for, since IDX files do not say which dataset they are.
+    names = [info.name, info.name.replace("_", "-")]
+    subdirs = [os.path.join(base, n) for n in dict.fromkeys(names)]
+    return subdirs + [os.fspath(base)]
+
+
+def _find_idx_dir(info, base, splits):
+    for directory in _idx_candidates(info, base):
+        try:
+            for split in splits:
+                idx.find_idx_files(directory, split)
+        except DataFormatError:
+            continue
+        return directory
+    return None
+
+
+def _network_reachable(host, port, timeout=CONNECT_TIMEOUT_S):
+    """Whether a TCP connection to the download host (or the configured proxy) opens quickly."""
+    if os.environ.get("ZOO_OFFLINE", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parsed = urllib.parse.urlsplit(proxy if "//" in proxy else "//" + proxy)
+        host, port = parsed.hostname, parsed.port or 80
+
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:  # DNS failure (gaierror), refused, unreachable, timeout
+            result.append(False)
+
+    # create_connection's timeout does not bound the DNS lookup, which can hang far longer.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return bool(result and result[0])
+
+
+def _offline_message(info, builder, checked, host):
+    lines = [
+        "Dataset {!r} is not available: it is not prepared in the tfds data dir {} "
+        "(no {}),".format(info.name, builder.data_dir_root, builder.data_dir),
+    ]
+    if info.idx:
+        places = ", ".join(checked) if checked else "none (no data_dir, ZOO_DATA_DIR not set)"
+        lines.append("no local IDX files were found (looked in: {}),".format(places))
+    else:
+        lines.append("{} is not distributed as IDX files, so only tfds can provide it,".format(info.name))
+    lines.append(
+        "and the download host {} is unreachable{}.".format(
+            host, " (ZOO_OFFLINE is set)" if os.environ.get("ZOO_OFFLINE") else ""
+        )
+    )
+    lines.append("To provide the data, do one of:")
+    if info.idx:
+        names = [v[0] + "[.gz]" for split in SPLITS for v in idx.idx_file_names(split)]
+        lines.append(
+            "  - pass --data-dir DIR (or set ZOO_DATA_DIR=DIR) where DIR, or DIR/{}, holds the 4 IDX "
+            "files {};".format(info.name, ", ".join(names))
+        )
+    if info.name in DEFAULT_IDX_DIRS:
+        lines.append(
+            "  - apt-get install -y dataset-fashion-mnist (puts the IDX files in {});".format(
+                DEBIAN_FASHION_MNIST_DIR
+            )
+        )
+    lines.append("  - run once with internet access so that tfds downloads and prepares it;")
+    lines.append(
+        "  - copy a prepared tfds data dir (one holding {}/{}/) from another machine and set "
+        "TFDS_DATA_DIR to it.".format(info.tfds_name, builder.version)
+    )
+    return "\n".join(lines)
+
+
+def _resolve(info, data_dir, splits):
+    """Find the data: an explicit `data_dir` first (the user named it), then in the order prepared
+    tfds, local IDX folder (ZOO_DATA_DIR, Debian's dataset-fashion-mnist), tfds download."""
+    if data_dir is not None:
+        # An explicit folder that lacks the files is a mistake to report, not a cue to fall back.
+        if not info.idx:
+            raise DataFormatError(
+                "data_dir was given, but {} is not distributed as IDX files; it comes only from "
+                "tfds (set TFDS_DATA_DIR to a prepared tfds data dir instead).".format(info.name)
+            )
+        idx_dir = _find_idx_dir(info, data_dir, splits)
+        if idx_dir is None:
+            try:
+                for split in splits:
+                    idx.find_idx_files(data_dir, split)
+            except DataFormatError as e:
+                raise DataFormatError(
+                    "data_dir {} does not hold {} (also looked in {}): {}".format(
+                        data_dir, info.name, ", ".join(_idx_candidates(info, data_dir)[:-1]), e
+                    )
+                ) from None
+        return _Source("idx", "idx:{}".format(idx_dir), path=idx_dir)
+
+    builder = _tfds_builder(info)
+    with _quiet_absl():
+        prepared = builder.is_prepared()
+    if prepared:
+        return _Source("tfds", "tfds:{}".format(builder.data_dir_root), builder=builder)
+
+    checked = []
+    if info.idx:
+        env_dir = os.environ.get("ZOO_DATA_DIR")
+        bases = ([env_dir] if env_dir else []) + list(DEFAULT_IDX_DIRS.get(info.name, ()))
+        for base in bases:
+            idx_dir = _find_idx_dir(info, base, splits)
+            if idx_dir is not None:
+                return _Source("idx", "idx:{}".format(idx_dir), path=idx_dir)
+            checked.append(base)
+        if env_dir:
+            logger.warning("ZOO_DATA_DIR=%s holds no %s IDX files; trying tfds", env_dir, info.name)
+
+    host, port = DOWNLOAD_HOSTS[info.name]
+    if not _network_reachable(host, port):
+        raise DataUnavailableError(_offline_message(info, builder, checked, host))
+    logger.info("Downloading %s with tfds into %s", info.name, builder.data_dir_root)
+    builder.download_and_prepare()
+    return _Source("tfds", "tfds-download:{}".format(builder.data_dir_root), builder=builder)
+
+
+def _check_image_shape(info, images, source):
+    if tuple(images.shape[1:]) != tuple(info.image_shape):
+        raise DataFormatError(
+            "{}: images have shape {}, but {} images are {}".format(
+                source, tuple(images.shape[1:]), info.name, tuple(info.image_shape)
+            )
+        )
+
+
+def _idx_split(info, source, split):
+    images, labels = idx.load_idx_split(source.path, split)
+    _check_image_shape(info, images, source.description)
+    return images, labels
+
+
+# --- Public loaders ----------------------------------------------------------------------------
+
+
+def load_arrays(name, split, data_dir=None, limit=None):
+    """Return one whole split ("train" or "test") as numpy Arrays, the first `limit` if given."""
+    info = get_info(name)
+    if split not in SPLITS:
+        raise ValueError("split must be one of {}, not {!r}".format(SPLITS, split))
+    _check_limit(limit)
+    source = _resolve(info, data_dir, (split,))
+    if source.kind == "idx":
+        images, labels = _idx_split(info, source, split)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+    else:
+        spec = split if limit is None else "{}[:{}]".format(split, limit)
+        ds = source.builder.as_dataset(split=spec, as_supervised=True, batch_size=-1)
+        images, labels = tfds.as_numpy(ds)
+    return Arrays(np.asarray(images, np.uint8), np.asarray(labels, np.int64), source.description)
+
+
+def _check_limit(limit):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError("limit must be a positive int or None, not {!r}".format(limit))
+
+
+def _num_fit(num_train, val_fraction):
+    # The same rule for IDX and tfds, so both sources give the same split of the same data.
+    num_val = min(max(int(round(num_train * val_fraction)), 1), num_train - 1)
+    return num_train - num_val
+
+
+def _val_limit(limit, val_fraction):
+    # With `limit`, validation shrinks in proportion, but keeps enough images to mean something.
+    return max(32, int(round(limit * val_fraction / (1 - val_fraction))))
+
+
+def _count(ds):
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    return int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+
+
+def _pipeline(images, batch_size, shuffle_seed=None, shuffle_buffer=None):
+    ds = images.map(lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.cache()
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    # Shard by element: tfds and in-memory sources do not have one file per worker.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1, shuffle_buffer=10000):
+    """Return the train/val/test pipelines of dataset `name`.
+
+    Validation is the last `val_fraction` of the train split; test is the test split, untouched.
+    `limit` keeps the first `limit` training images and the first
+    max(32, limit * val_fraction / (1 - val_fraction)) validation images; test stays whole.
+    The training order is shuffled from `seed` and differs per epoch, identically on every run.
+    `data_dir` is a folder of IDX files (mnist, fashion_mnist); it must hold them.
+    """
+    info = get_info(name)
+    _check_limit(limit)
+    if not 0 < val_fraction < 1:
+        raise ValueError("val_fraction must be in (0, 1), not {!r}".format(val_fraction))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size must be a positive int, not {!r}".format(batch_size))
+
+    source = _resolve(info, data_dir, SPLITS)
+    if source.kind == "idx":
+        train_images, _ = _idx_split(info, source, "train")
+        test_images, _ = _idx_split(info, source, "test")
+        num_fit = _num_fit(len(train_images), val_fraction)
+        fit, val = train_images[:num_fit], train_images[num_fit:]
+        if limit is not None:
+            fit, val = fit[:limit], val[: _val_limit(limit, val_fraction)]
+        counts = len(fit), len(val), len(test_images)
+        fit, val, test = (tf.data.Dataset.from_tensor_slices(a) for a in (fit, val, test_images))
+    else:
+        builder = source.builder
+        split_info = builder.info.splits.get("train")
+        if split_info is not None:
+            num_fit = _num_fit(split_info.num_examples, val_fraction)
+            fit_spec, val_spec = "train[:{}]".format(num_fit), "train[{}:]".format(num_fit)
+        else:  # split sizes unknown (only seen with mocked tfds): let tfds slice by percent
+            percent = int(round(100 * (1 - val_fraction)))
+            fit_spec, val_spec = "train[:{}%]".format(percent), "train[{}%:]".format(percent)
+
+        def images_of(spec):
+            ds = builder.as_dataset(split=spec, as_supervised=True, shuffle_files=False)
+            return ds.map(lambda x, y: x, num_parallel_calls=tf.data.AUTOTUNE)
+
+        fit, val, test = images_of(fit_spec), images_of(val_spec), images_of("test")
+        if limit is not None:
+            fit, val = fit.take(limit), val.take(_val_limit(limit, val_fraction))
+        counts = _count(fit), _count(val), _count(test)
+
+    logger.info("%s from %s: %d train, %d val, %d test", name, source.description, *counts)
+    return Splits(
+        train=_pipeline(fit, batch_size, shuffle_seed=seed, shuffle_buffer=shuffle_buffer),
+        val=_pipeline(val, batch_size),
+        test=_pipeline(test, batch_size),
+        info=info,
+        source=source.description,
+        num_train=counts[0],
+        num_val=counts[1],
+        num_test=counts[2],
+    )

@@ -1,0 +1,77 @@
+"""Encoder and decoder builders shared by the families: dense stacks and strided convolutions."""
+
+import math
+
+import keras
+from keras import layers
+
+
+def _code_heads(x, latent_dim, code_activation, variational):
+    """One code layer, or the Gaussian posterior's two heads for a variational encoder."""
+    if variational:
+        return [layers.Dense(latent_dim, name="z_mean")(x), layers.Dense(latent_dim, name="z_log_var")(x)]
+    return layers.Dense(latent_dim, activation=code_activation, name="code")(x)
+
+
+def dense_encoder(input_shape, hidden_units, latent_dim, activation, code_activation=None, variational=False,
+                  name="encoder"):
+    """Flatten, a stack of Dense layers, then the code layer (`code`, or `z_mean` and `z_log_var`)."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(hidden_units):
+        x = layers.Dense(units, activation=activation, name="dense_{}".format(i))(x)
+    return keras.Model(inputs, _code_heads(x, latent_dim, code_activation, variational), name=name)
+
+
+def dense_decoder(output_shape, hidden_units, latent_dim, activation, output_activation, name="decoder"):
+    """A stack of Dense layers back to the image size, reshaped to `output_shape`."""
+    inputs = keras.Input(shape=(latent_dim,), name="latent")
+    x = inputs
+    for i, units in enumerate(hidden_units):
+        x = layers.Dense(units, activation=activation, name="dense_{}".format(i))(x)
+    x = layers.Dense(math.prod(output_shape), activation=output_activation, name="pixels")(x)
+    outputs = layers.Reshape(output_shape, name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def check_conv_shape(input_shape, filters):
+    """Strided stages halve the image; the decoder can only undo that for divisible sizes."""
+    factor = 2 ** len(filters)
+    height, width = input_shape[0], input_shape[1]
+    if len(input_shape) != 3 or height % factor or width % factor:
+        raise ValueError(
+            "input_shape {} does not fit {} stride-2 stages: height and width must be divisible by {} "
+            "(for example (28, 28, 1) or (32, 32, 3) with 2 stages). Use fewer `filters`.".format(
+                tuple(input_shape), len(filters), factor
+            )
+        )
+
+
+def conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=3, code_activation=None,
+                 variational=False, name="encoder"):
+    """Strided Conv2D stages (each followed by a same-size Conv2D), flattened into the code."""
+    check_conv_shape(input_shape, filters)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, f in enumerate(filters):
+        x = layers.Conv2D(f, kernel_size, strides=2, padding="same", activation=activation, name="down_{}".format(i))(x)
+        x = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name="conv_{}".format(i))(x)
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, _code_heads(x, latent_dim, code_activation, variational), name=name)
+
+
+def conv_decoder(output_shape, filters, latent_dim, activation, output_activation, kernel_size=3, name="decoder"):
+    """Dense to a small feature map, then Conv2DTranspose ("deconvolution") stages back up."""
+    check_conv_shape(output_shape, filters)
+    factor = 2 ** len(filters)
+    small = (output_shape[0] // factor, output_shape[1] // factor, filters[-1])
+    inputs = keras.Input(shape=(latent_dim,), name="latent")
+    x = layers.Dense(math.prod(small), activation=activation, name="project")(inputs)
+    x = layers.Reshape(small, name="unflatten")(x)
+    for i, f in enumerate(reversed(filters)):
+        x = layers.Conv2DTranspose(f, kernel_size, strides=2, padding="same", activation=activation,
+                                   name="up_{}".format(i))(x)
+        x = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name="conv_{}".format(i))(x)
+    outputs = layers.Conv2D(output_shape[-1], kernel_size, padding="same", activation=output_activation,
+                            name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name=name)
