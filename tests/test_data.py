@@ -12,9 +12,7 @@ import tensorflow_datasets as tfds
 
 from zoo import data, idx
 from zoo.errors import DataFormatError, DataUnavailableError, UnknownNameError
-
-N_TRAIN, N_TEST = 200, 50
-
+from tests.helpers import N_TEST, N_TRAIN, write_idx_dir
 
 @pytest.fixture(autouse=True)
 def isolated_sources(monkeypatch, tmp_path):
@@ -25,20 +23,6 @@ def isolated_sources(monkeypatch, tmp_path):
     monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     return tfds_dir
-
-
-def write_idx_dir(directory, n_train=N_TRAIN, n_test=N_TEST, shape=(28, 28)):
-    """Random images whose first pixel is the index, so order can be checked after the pipeline."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, n, suffix in (("train", n_train, ".gz"), ("test", n_test, "")):
-        images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
-        images[:, 0, 0] = np.arange(n) % 256
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        image_name, label_name = (v[0] for v in idx.idx_file_names(split))
-        idx.write_idx(directory / (image_name + suffix), images)
-        idx.write_idx(directory / (label_name + suffix), labels)
-    return directory
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""Named training recipes, `<model>_<dataset>`: model config, data, loss and optimizer settings."""
+
+import dataclasses
+
+from zoo.data import DATASETS
+from zoo.errors import unknown_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str
+    dataset: str
+    description: str
+    model_config: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 1337
+
+    @property
+    def reconstruction_loss(self):
+        return self.model_config.get("reconstruction_loss", "mse")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# One recipe per family; a preset is the recipe on a dataset, with the dataset's image shape.
+_RECIPES = {
+    "ae": dict(description="one sigmoid code layer of 30 units, squared error",
+               model_config=dict(latent_dim=30), epochs=30, learning_rate=2e-3),
+    "linear_ae": dict(description="30-d linear code, squared error; matches PCA-30",
+                      model_config=dict(latent_dim=30), epochs=30, learning_rate=2e-3),
+    "deep_ae": dict(description="784-1000-500-250-30 ReLU stack (Hinton & Salakhutdinov 2006), squared error",
+                    model_config=dict(latent_dim=30), epochs=40),
+    "conv_ae": dict(description="2-stage strided conv encoder, transposed-conv decoder, 30-d code",
+                    model_config=dict(latent_dim=30, filters=(32, 64)), epochs=25),
+    "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3)",
+                model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=40),
+    "conv_dae": dict(description="conv_ae architecture trained on Gaussian noise (stddev 0.3)",
+                     model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=25),
+    "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 1)",
+                      model_config=dict(latent_dim=64, sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05),
+                      epochs=30, learning_rate=2e-3),
+    "contractive_ae": dict(description="30 sigmoid units, contractive penalty weight 0.5",
+                           model_config=dict(latent_dim=30, contractive_weight=0.5), epochs=30, learning_rate=2e-3),
+    "vae": dict(description="Dense VAE 512-256, 30-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
+                model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=40),
+    "conv_vae": dict(description="conv VAE, 30-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
+                     model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=25),
+}
+_CONV = ("conv_ae", "conv_dae", "conv_vae")
+_DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def _make_presets():
+    presets = {}
+    for model, recipe in _RECIPES.items():
+        for dataset in ("mnist", "fashion_mnist") + (("cifar10",) if model in _CONV else ()):
+            info = DATASETS[dataset]
+            config = dict(recipe["model_config"], input_shape=tuple(info.image_shape))
+            if dataset == "cifar10":
+                # Colour images carry more information per code dimension: widen code and filters.
+                config.update(latent_dim=128, filters=(64, 128))
+            name = "{}_{}".format(model, dataset)
+            description = "{} on {}: {}".format(model, _DATASET_NAMES[dataset], recipe["description"])
+            if dataset == "cifar10":
+                description = description.replace("30-d", "128-d").replace("30 units", "128 units")
+            presets[name] = Preset(
+                name=name, model=model, dataset=dataset, description=description, model_config=config,
+                **{k: v for k, v in recipe.items() if k not in ("description", "model_config")},
+            )
+    return presets
+
+
+PRESETS = _make_presets()
+
+
+def list_presets():
+    return sorted(PRESETS)
+
+
+def get_preset(name):
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise unknown_name("preset", name, PRESETS) from None
