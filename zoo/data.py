@@ -410,3 +410,27 @@ def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1,
         num_val=counts[1],
         num_test=counts[2],
     )
+
+
+def main(argv=None):
+    """`python -m zoo.data DATASET...`: say where each dataset would be read from, or why it can't be."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.data", description="Find a dataset's source.")
+    parser.add_argument("datasets", nargs="+", metavar="DATASET", help=", ".join(list_datasets()))
+    parser.add_argument("--data-dir", help="folder with the four IDX files (or set ZOO_DATA_DIR)")
+    args = parser.parse_args(argv)
+    status = 0
+    for name in args.datasets:
+        try:
+            arrays = load_arrays(name, "test", data_dir=args.data_dir)
+            print("{}: {} test images from {}".format(name, len(arrays.images), arrays.source))
+        except (DataFormatError, DataUnavailableError, KeyError) as exc:
+            print("{}: not available. {}".format(name, exc), file=sys.stderr)
+            status = 2
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

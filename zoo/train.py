@@ -6,9 +6,11 @@ An interrupted run resumes from its last epoch when started again with the same 
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +30,43 @@ PARTIAL_HISTORY = ".history.partial.csv"
 EVAL_SEED = 2024  # noise for the denoising metrics is drawn the same way for every run
 
 
+STRATEGIES = ("default", "mirrored", "multiworker")
+TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
+
+
 class TrainingDiverged(ZooError):
     pass
+
+
+def make_strategy(name):
+    """The tf.distribute strategy for `--strategy`; create it before any other TensorFlow work."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        # All visible GPUs of this host (or the CPU when there are none), gradients all-reduced.
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ZooError("--strategy multiworker reads the cluster from the TF_CONFIG variable, which is not set. "
+                           "Set it on every host, e.g. {}, with index 0, 1, ... per host.".format(TF_CONFIG_EXAMPLE))
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as exc:
+            raise ZooError("TF_CONFIG is not valid JSON ({}); expected e.g. {}".format(exc, TF_CONFIG_EXAMPLE))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ZooError("--strategy must be one of {}; got {!r}.".format(", ".join(STRATEGIES), name))
+
+
+def is_chief(strategy):
+    """The worker that writes the run dir: the chief, else worker 0, else the only process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def library_versions():
@@ -130,23 +167,39 @@ def save_figure(path, model, images, recon, noisy, title):
 
 
 def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=None, seed=None, limit=None,
-          verbose=1, callbacks=()):
-    """Train `preset` and write its run dir; returns the run dir's Path."""
+          verbose=1, callbacks=(), strategy="default"):
+    """Train `preset` and write its run dir; returns the run dir's Path.
+
+    `strategy` is "default" (one device), "mirrored" (this host's devices) or "multiworker"
+    (hosts from TF_CONFIG), or a tf.distribute.Strategy. `batch_size` is the global batch, split
+    across replicas; the learning rate is used as given (see README for the scaling rule).
+    """
     preset = get_preset(preset)
     settings = resolve(preset, epochs, batch_size, lr, seed, limit)
+    if isinstance(strategy, str):
+        strategy_name, strategy = strategy, make_strategy(strategy)
+    else:
+        strategy_name = type(strategy).__name__
+    chief = is_chief(strategy)
     out = Path(out) if out is not None else Path("runs") / preset.name
+    if not chief:
+        # Other workers compute the same steps but must not write where the chief writes.
+        out = Path(tempfile.mkdtemp(prefix="aezoo-worker-"))
     out.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(settings["seed"])
     splits = data.load(preset.dataset, batch_size=settings["batch_size"], seed=settings["seed"],
                        data_dir=data_dir, limit=settings["limit"])
-    model = build_model(preset, settings["seed"])
     steps = -(-splits.num_train // settings["batch_size"])
-    # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
-    schedule = keras.optimizers.schedules.CosineDecay(settings["learning_rate"], steps * settings["epochs"], alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    with strategy.scope():
+        model = build_model(preset, settings["seed"])
+        # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
+        schedule = keras.optimizers.schedules.CosineDecay(settings["learning_rate"], steps * settings["epochs"],
+                                                          alpha=0.01)
+        model.compile(optimizer=keras.optimizers.Adam(schedule))
 
-    run_key = {"preset": preset.name, **settings, "data_source": splits.source}
+    run_key = {"preset": preset.name, **settings, "data_source": splits.source, "strategy": strategy_name,
+               "replicas": strategy.num_replicas_in_sync}
     resumed = _check_resume(out, run_key)
     if verbose:
         print("{} {}: {} ({} train / {} val / {} test images from {})".format(
@@ -187,6 +240,8 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
         "num_val": splits.num_val,
         "num_test": splits.num_test,
         "training": {**settings, "optimizer": "Adam, cosine decay to 1%", "global_batch_size": settings["batch_size"],
+                     "strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
+                     "per_replica_batch_size": settings["batch_size"] / strategy.num_replicas_in_sync,
                      "reconstruction_loss": model.reconstruction_loss, "resumed": resumed},
         "input_shape": list(model.image_shape),
         "latent_dim": model.latent_dim,
@@ -206,6 +261,9 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
     })
     (out / PARTIAL_HISTORY).unlink(missing_ok=True)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+    if not chief:
+        shutil.rmtree(out, ignore_errors=True)
+        return None
     if verbose:
         shown = ", ".join("{}={:.4g}".format(k, v) for k, v in result.items() if isinstance(v, float))
         print("Test: {}\nRun dir: {}".format(shown, out), flush=True)
@@ -252,6 +310,8 @@ def main(argv=None):
     parser.add_argument("--out", help="run dir (default runs/<preset>/)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
+                        help="tf.distribute: mirrored = this host's GPUs, multiworker = hosts from TF_CONFIG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.list:
@@ -261,7 +321,8 @@ def main(argv=None):
         parser.error("name a preset to train, or --list to see them")
     try:
         train(args.preset, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=0 if args.quiet else 1)
+              data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=0 if args.quiet else 1,
+              strategy=args.strategy)
     except ZooError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return 2

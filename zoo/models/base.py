@@ -47,6 +47,13 @@ def check_batch(x, expected_shape, what):
     raise InputShapeError("{} must have shape {}; got shape {}.{}".format(what, wanted, shape, hint))
 
 
+def _multi_worker():
+    strategy = tf.distribute.get_strategy()
+    extended = getattr(strategy, "extended", None)
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
 def _as_batch(x):
     if isinstance(x, (list, tuple)):
         x = np.asarray(x, dtype="float32")
@@ -139,7 +146,13 @@ class Autoencoder(keras.Model):
         values = {"loss": loss, **terms}
         for tracker in self._trackers:
             tracker.update_state(values[tracker.name])
-        return {tracker.name: tracker.result() for tracker in self._trackers}
+        logs = {tracker.name: tracker.result() for tracker in self._trackers}
+        if _multi_worker():
+            # Keras 3 reduces logs across workers with strategy.reduce("MEAN", v, axis=0), which fails
+            # on scalars ("Invalid reduction dimension 0", tensorflow/tensorflow#72388). Shape (1,)
+            # reduces to the same scalar.
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     @staticmethod
     def _images(data):
