@@ -37,3 +37,55 @@ def write_idx_dir(directory, n_train=N_TRAIN, n_test=N_TEST, shape=(28, 28)):
         idx.write_idx(directory / (image_name + suffix), images)
         idx.write_idx(directory / (label_name + suffix), labels)
     return directory
+
+
+# --- run dirs for export tests (appended by the export engineer) ------------------------------------------
+
+
+def write_run_dir(run_dir, family, data_dir, dataset="mnist", epochs=1, seed=0, **extra):
+    """A run dir shaped like zoo.train's (model.keras, config.json, metrics.json, history.csv) for a
+    tiny 28x28 model of `family`, trained briefly on the IDX files in `data_dir`."""
+    import json
+
+    import keras
+
+    from zoo import data
+
+    keras.utils.set_random_seed(seed)
+    train = data.normalize(data.load_arrays(dataset, "train", data_dir=data_dir).images)
+    test = data.normalize(data.load_arrays(dataset, "test", data_dir=data_dir).images)
+    model = tiny_model(family, input_shape=data.get_info(dataset).image_shape, **extra)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(train, batch_size=32, epochs=epochs, verbose=0, shuffle=False).history
+    recon = model.reconstruct(test)
+    mse = float(np.mean(np.square(test - recon)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    config = {
+        "preset": "{}_{}".format(family, dataset), "model": family, "model_config": model.get_config(),
+        "dataset": dataset, "data_source": "idx:{}".format(data_dir), "data_dir": str(data_dir),
+        "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-3, "seed": seed, "limit": None},
+        "input_shape": list(model.image_shape), "latent_dim": model.latent_dim,
+        "normalization": "float32 in [0, 1], NHWC",
+        "versions": {"tensorflow": "test", "keras": keras.__version__, "aezoo": zoo.__version__, "python": "test"},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    metrics = {"split": "test", "num_images": len(test),
+               "metrics": {"mse_per_pixel": mse, "psnr_db": float(10 * np.log10(1 / mse))},
+               "units": {"mse_per_pixel": "mean of (x - x_hat)^2", "psnr_db": "dB"}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run_dir / "history.csv").write_text("epoch,loss\n" + "".join(
+        "{},{}\n".format(i, v) for i, v in enumerate(history["loss"])))
+    return run_dir
+
+
+def export_tiny_run(base, family, **extra):
+    """Train a tiny 28x28 `family` model on random IDX images under `base`, export it; returns the run dir."""
+    from export import exporter
+
+    data_dir = base / "idx"
+    if not data_dir.is_dir():
+        write_idx_dir(data_dir, n_train=128, n_test=64)
+    run = write_run_dir(base / family, family, data_dir, **extra)
+    exporter.export_run(run, verbose=0)
+    return run

@@ -1,0 +1,8 @@
+"""`python -m export RUN_DIR`: export a run to SavedModel and ONNX with a parity check (see export.exporter)."""
+
+import sys
+
+from export.exporter import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Export of every family to SavedModel and ONNX, with the parity check; the CLI's errors; the release bundle."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import zoo
+from export import exporter, release, runtime
+from tests.helpers import write_idx_dir, write_run_dir
+
+FAMILIES = zoo.list_models()
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No test reads the user's tfds data or the network."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
+    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    write_idx_dir(base / "idx", n_train=128, n_test=64)
+    return base
+
+
+@pytest.fixture(scope="module")
+def exports(base):
+    """family -> (run dir, ExportResult), each trained and exported once, on first use."""
+    done = {}
+
+    def get(family):
+        if family not in done:
+            run = write_run_dir(base / family, family, base / "idx")
+            done[family] = run, exporter.export_run(run, verbose=0)
+        return done[family]
+
+    return get
+
+
+def _dims(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_every_family_to_both_formats_with_parity(family, exports):
+    run, result = exports(family)
+    out = run / "export"
+    assert result.out == out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json", "savedmodel"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["tolerance"] == 1e-4 and parity["batch_sizes"] == [1, 64]
+    assert parity["inputs"]["dataset"] == "mnist" and parity["inputs"]["source"].startswith("idx:")
+    for name in ("encoder.onnx", "decoder.onnx", "autoencoder.onnx", "savedmodel:encode", "savedmodel:decode",
+                 "savedmodel:reconstruct"):
+        assert parity["max_abs_diff"][name] <= 1e-4, name
+    checked = {(c["file"], c["batch_size"]) for c in parity["checks"] if c["format"] == "onnx"}
+    assert checked == {(f, b) for f in ("encoder.onnx", "decoder.onnx", "autoencoder.onnx") for b in (1, 64)}
+
+    variational = family in ("vae", "conv_vae")
+    code = ["z_mean", "z_log_var"] if variational else ["latent"]
+    expected = {"encoder": (["image"], code), "decoder": (["latent"], ["reconstruction"]),
+                "autoencoder": (["image"], ["reconstruction"])}
+    for role, (inputs, outputs) in expected.items():
+        model = onnx.load(str(out / (role + ".onnx")))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == inputs
+        assert [o.name for o in model.graph.output] == outputs
+        for value in list(model.graph.input) + list(model.graph.output):
+            assert _dims(value)[0] == "batch"
+        assert any(o.domain in ("", "ai.onnx") and o.version == 17 for o in model.opset_import)
+        meta = runtime.decode_metadata({p.key: p.value for p in model.metadata_props})
+        assert meta["role"] == role and meta["family"] == family and meta["preset"] == family + "_mnist"
+        assert meta["latent_dim"] == 4 and meta["input_shape"] == [28, 28, 1]
+        assert meta["normalization"] == "float32 in [0, 1], NHWC"
+        assert meta["variational"] is variational and meta["outputs"] == outputs
+        assert "psnr_db" in meta["metrics"]["metrics"]
+        assert {"training", "export"} <= set(meta["versions"])
+        assert meta["versions"]["export"]["opset"] == 17 and "tf2onnx" in meta["versions"]["export"]
+        assert ("sampling" in meta) is variational
+
+
+def test_savedmodel_endpoints_load_with_plain_tensorflow(exports, base, tmp_path):
+    """tf.saved_model.load in a process where the project's packages cannot be imported."""
+    families = ["dae", "conv_vae"]
+    runs = {f: exports(f)[0] for f in families}
+    images = np.random.default_rng(0).uniform(0, 1, (5, 28, 28, 1)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent("""
+        import json, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("zoo", "export"):
+                    raise ImportError("project code is blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import tensorflow as tf
+        runs = json.loads(sys.argv[1])
+        images = tf.constant(np.load(sys.argv[2]))
+        results = {}
+        for family, run in runs.items():
+            model = tf.saved_model.load(run + "/export/savedmodel")
+            sigs = model.signatures
+            results[family + ":signatures"] = sorted(sigs)
+            results[family + ":inputs"] = {k: sorted(sigs[k].structured_input_signature[1]) for k in sigs}
+            code = sigs["encode"](image=images)
+            z = code["z_mean"] if "z_mean" in code else code["latent"]
+            out = {"code": z.numpy(), "decoded": sigs["decode"](latent=z)["reconstruction"].numpy(),
+                   "reconstructed": sigs["reconstruct"](image=images)["reconstruction"].numpy(),
+                   "serving": sigs["serving_default"](image=images[:1])["reconstruction"].numpy()}
+            np.savez(sys.argv[3] + "/" + family + ".npz", **out)
+            results[family + ":outputs"] = sorted(code)
+        print("RESULT " + json.dumps(results))
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps({f: str(r) for f, r in runs.items()}),
+                           str(tmp_path / "images.npy"), str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    for family in families:
+        assert results[family + ":signatures"] == ["decode", "encode", "reconstruct", "serving_default"]
+        assert results[family + ":inputs"] == {"decode": ["latent"], "encode": ["image"], "reconstruct": ["image"],
+                                               "serving_default": ["image"]}
+        model = _load_keras(runs[family])
+        got = np.load(tmp_path / (family + ".npz"))
+        np.testing.assert_allclose(got["code"], model.encode(images), atol=1e-5)
+        np.testing.assert_allclose(got["reconstructed"], model.reconstruct(images), atol=1e-5)
+        np.testing.assert_allclose(got["decoded"], got["reconstructed"], atol=1e-5)
+        np.testing.assert_allclose(got["serving"], got["reconstructed"][:1], atol=1e-5)
+    assert results["conv_vae:outputs"] == ["z_log_var", "z_mean"]
+
+
+def _load_keras(run):
+    import keras
+
+    return keras.models.load_model(run / "model.keras")
+
+
+def test_onnx_matches_keras_on_any_batch_size(exports):
+    run, _ = exports("conv_dae")
+    model = _load_keras(run)
+    rt = runtime.Runtime(run / "export", providers=["CPUExecutionProvider"], intra_op_threads=1)
+    for n in (1, 3, 17):
+        x = np.random.default_rng(n).uniform(0, 1, (n, 28, 28, 1)).astype("float32")
+        np.testing.assert_allclose(rt.reconstruct(x), model.reconstruct(x), atol=1e-4)
+        np.testing.assert_allclose(rt.decode(rt.encode(x)), model.decode(model.encode(x)), atol=1e-4)
+
+
+def test_failed_parity_fails_the_export_and_writes_nothing(exports, tmp_path):
+    run, _ = exports("ae")
+    out = tmp_path / "out"
+    with pytest.raises(exporter.ParityError, match="(?s)Parity check failed.*encoder.onnx"):
+        exporter.export_run(run, out=out, formats="onnx", tolerance=-1.0, verbose=0)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_onnx_only_export_with_other_opset_and_out(exports, tmp_path):
+    run, _ = exports("linear_ae")
+    result = exporter.export_run(run, formats=["onnx"], opset=15, out=tmp_path / "x", verbose=0)
+    assert sorted(p.name for p in result.out.iterdir()) == [
+        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json"]
+    model = onnx.load(str(result.out / "encoder.onnx"))
+    assert any(o.domain in ("", "ai.onnx") and o.version == 15 for o in model.opset_import)
+    assert result.parity["opset"] == 15 and result.parity["formats"] == ["onnx"]
+
+
+def test_preset_name_resolves_to_runs_dir(exports, tmp_path, monkeypatch):
+    run, _ = exports("ae")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "ae_mnist").symlink_to(run, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert exporter.resolve_run_dir("ae_mnist") == Path("runs/ae_mnist")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nowhere_at_all"], "No run dir nowhere_at_all.*python -m zoo.train nowhere_at_all"),
+    (["{run}", "--formats", "onnx,tflite"], "Unknown export format.*tflite.*savedmodel, onnx"),
+    (["{run}", "--opset", "99"], "--opset 99 is not supported"),
+    (["{empty}"], "not a finished run dir: it lacks model.keras, config.json"),
+])
+def test_cli_errors_are_one_clear_line(argv, message, exports, tmp_path, capsys):
+    import re
+
+    run, _ = exports("ae")
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(run=run, empty=tmp_path / "empty") for a in argv]
+    assert exporter.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err, re.S), err
+
+
+def test_parity_without_test_data_says_how_to_provide_it(exports, tmp_path, capsys):
+    run, _ = exports("ae")
+    moved = tmp_path / "run"
+    moved.mkdir()
+    for name in ("model.keras", "metrics.json"):
+        (moved / name).write_bytes((run / name).read_bytes())
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = str(tmp_path / "gone")  # trained on a machine whose data is not here
+    (moved / "config.json").write_text(json.dumps(config))
+    assert exporter.main([str(moved), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "parity check needs test images of mnist" in err and "--data-dir" in err
+    assert not (moved / "export").exists()
+    # ...and --data-dir is the way out.
+    assert exporter.main([str(moved), "--quiet", "--formats", "onnx", "--data-dir", str(run.parent / "idx")]) == 0
+    assert (moved / "export" / "parity.json").is_file()
+
+
+def test_release_bundle_has_checksummed_files_and_index(exports, tmp_path):
+    import hashlib
+
+    runs = [exports("dae")[0], exports("conv_vae")[0]]
+    bundles = release.release(runs, tmp_path / "dist", verbose=0)
+    assert sorted(bundles) == ["conv_vae_mnist", "dae_mnist"]
+    for preset, bundle in bundles.items():
+        names = sorted(p.name for p in bundle.iterdir())
+        assert names == ["SHA256SUMS", "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "manifest.json",
+                         "model.keras", "savedmodel.tar.gz"]
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["preset"] == preset and manifest["parity"]["passed"]
+        assert {e["format"] for e in manifest["files"]} == {"onnx", "savedmodel", "keras"}
+        assert "psnr_db" in manifest["metrics"]["metrics"] and "tf2onnx" in manifest["versions"]["export"]
+        for entry in manifest["files"]:
+            data = (bundle / entry["file"]).read_bytes()
+            assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+        sums = dict(reversed(line.split("  ")) for line in (bundle / "SHA256SUMS").read_text().splitlines())
+        assert set(sums) == set(names) - {"SHA256SUMS"}
+        assert sums["manifest.json"] == hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert json.loads((bundles["conv_vae_mnist"] / "manifest.json").read_text())["variational"] is True
+    index = json.loads((tmp_path / "dist" / "index.json").read_text())
+    assert sorted(index["presets"]) == ["conv_vae_mnist", "dae_mnist"]
+    # The SavedModel archive is reproducible: releasing again gives the same bytes.
+    first = (bundles["dae_mnist"] / "savedmodel.tar.gz").read_bytes()
+    release.release([runs[0]], tmp_path / "dist", verbose=0)
+    assert (bundles["dae_mnist"] / "savedmodel.tar.gz").read_bytes() == first
+    assert sorted(json.loads((tmp_path / "dist" / "index.json").read_text())["presets"]) == [
+        "conv_vae_mnist", "dae_mnist"]
+
+
+def test_release_refuses_two_runs_of_one_preset(exports, tmp_path, capsys):
+    run, _ = exports("dae")
+    assert release.main([str(run), str(run), "--out", str(tmp_path / "dist"), "--quiet"]) == 2
+    assert "both preset dae_mnist" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
+
+
+def test_end_to_end_from_zoo_train(base, tmp_path):
+    """A run dir written by zoo.train itself (real preset architecture, a few images) exports and releases."""
+    train = pytest.importorskip("zoo.train")
+    run = train.train("conv_ae_fashion_mnist", out=tmp_path / "run", epochs=1, batch_size=32, limit=64,
+                      data_dir=base / "idx", verbose=0)
+    result = exporter.export_run(run, verbose=0)
+    assert result.parity["passed"] and max(result.parity["max_abs_diff"].values()) <= 1e-4
+    bundle = release.release([run], tmp_path / "dist", verbose=0)["conv_ae_fashion_mnist"]
+    rt = runtime.Runtime(bundle, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    assert rt.preset == "conv_ae_fashion_mnist" and rt.image_shape == (28, 28, 1) and rt.latent_dim == 30
+    assert rt.metrics["metrics"]["psnr_db"] == json.loads((run / "metrics.json").read_text())["metrics"]["psnr_db"]
+
+
+def test_parity_images_that_do_not_fit_the_model(exports, tmp_path):
+    run, _ = exports("ae")
+    with pytest.raises(exporter.ExportError, match=r"do not fit the model: images must have shape \(batch, 28, 28, "
+                                                   r"1\); got \(4, 32, 32, 3\)"):
+        exporter.export_run(run, out=tmp_path / "x", images=np.zeros((4, 32, 32, 3), np.float32), verbose=0)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,260 @@
+"""export.runtime: ONNX inference with numpy and onnxruntime only, its input checks and its CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export import runtime
+from export.runtime import BundleError, InferenceError, InputError, Runtime
+from tests.helpers import export_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Exported run dirs of a plain and a variational family (tiny, trained on random images)."""
+    base = tmp_path_factory.mktemp("runtime")
+    return {family: export_tiny_run(base, family) for family in ("dae", "conv_vae")}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).uniform(0, 1, (6, 28, 28, 1)).astype(np.float32)
+
+
+def _runtime(path):
+    return Runtime(path, providers=["CPUExecutionProvider"], intra_op_threads=1)
+
+
+def test_runtime_works_where_tensorflow_cannot_be_imported(runs, images, tmp_path):
+    """A subprocess where importing tensorflow, keras, tf2onnx or zoo raises: the runtime still runs."""
+    import keras
+
+    expected = {}
+    for family, run in runs.items():
+        model = keras.models.load_model(run / "model.keras")
+        z = model.encode(images)
+        expected[family] = {"encode": z, "decode": model.decode(z), "reconstruct": model.reconstruct(images)}
+        if family == "conv_vae":
+            expected[family]["log_var"] = model.encode_distribution(images)[1]
+    np.save(tmp_path / "images.npy", images)
+    png_dir = tmp_path / "pngs"
+    png_dir.mkdir()
+    from PIL import Image
+
+    pixels = np.round(images * 255).astype(np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image[..., 0]).save(png_dir / "{:02d}.png".format(i))
+
+    script = textwrap.dedent("""
+        import json, sys
+        BLOCKED = ("tensorflow", "keras", "tf2onnx", "zoo", "tensorflow_datasets", "tf_keras")
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError("blocked in this test: " + name)
+        sys.meta_path.insert(0, Block())
+        try:
+            import tensorflow
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("tensorflow should not be importable here")
+        import numpy as np
+        import export.runtime as rt
+        runs, images_path, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+        images = np.load(images_path)
+        for family, run in runs.items():
+            model = rt.Runtime(run + "/export", providers=["CPUExecutionProvider"], intra_op_threads=1)
+            z = model.encode(images)
+            result = {"encode": z, "decode": model.decode(z), "reconstruct": model.reconstruct(images)}
+            if model.variational:
+                result["log_var"] = model.encode_distribution(images)[1]
+                result["samples"] = model.sample(3, seed=0)
+            np.savez(out + "/" + family + ".npz", **result)
+            # The CLI, on an .npy and on a folder of PNGs.
+            assert rt.main(["encode", run + "/export", images_path, "--out", out + "/" + family + "-cli.npy",
+                            "--threads", "1"]) == 0
+            assert rt.main(["encode", run + "/export", out + "/pngs", "--out", out + "/" + family + "-png.npy"]) == 0
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print("RESULT " + json.dumps(loaded))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps({f: str(r) for f, r in runs.items()}),
+                           str(tmp_path / "images.npy"), str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert json.loads(proc.stdout.split("RESULT ", 1)[1]) == []
+    for family in runs:
+        got = np.load(tmp_path / (family + ".npz"))
+        for key, want in expected[family].items():
+            np.testing.assert_allclose(got[key], want, atol=1e-4, err_msg=family + " " + key)
+        np.testing.assert_allclose(np.load(tmp_path / (family + "-cli.npy")), expected[family]["encode"], atol=1e-4)
+        # PNGs hold 8-bit pixels, so their codes match the codes of the rounded images.
+        from_png = _runtime(runs[family] / "export").encode(pixels.astype(np.float32) / 255)
+        np.testing.assert_allclose(np.load(tmp_path / (family + "-png.npy")), from_png, atol=1e-6)
+    assert got["samples"].shape == (3, 28, 28, 1)
+
+
+def test_metadata_gives_shapes_and_normalization(runs):
+    rt = _runtime(runs["conv_vae"] / "export")
+    assert rt.image_shape == (28, 28, 1) and rt.latent_dim == 4 and rt.variational
+    assert rt.preset == "conv_vae_mnist" and rt.family == "conv_vae"
+    assert rt.normalization == "float32 in [0, 1], NHWC"
+    assert "psnr_db" in rt.metrics["metrics"] and "tf2onnx" in rt.versions["export"]
+    assert set(rt.sessions) == {"encoder", "decoder", "autoencoder"}
+    info = rt.describe()
+    assert info["providers"] == ["CPUExecutionProvider"] and info["input_shape"] == [28, 28, 1]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: (x * 255).astype(np.uint8), r"float32 in \[0, 1\].*got dtype uint8.*/ 255"),
+    (lambda x: x * 255, r"got values from .* to .*Divide by 255"),
+    (lambda x: x - 0.5, r"must be float32 in \[0, 1\], NHWC, shape \(batch, 28, 28, 1\); got values"),
+    (lambda x: x[0], r"shape \(batch, 28, 28, 1\); got \(28, 28, 1\)\. For a single image add a batch axis"),
+    (lambda x: x[..., 0], r"got \(6, 28, 28\)\. Add the channel axis"),
+    (lambda x: x.transpose(0, 3, 1, 2), r"got \(6, 1, 28, 28\)\. These look like NCHW"),
+    (lambda x: x.reshape(6, -1), r"got \(6, 784\)\. Reshape them"),
+    (lambda x: x[:, :14], r"must have shape \(batch, 28, 28, 1\); got \(6, 14, 28, 1\)\.$"),
+    (lambda x: x[:0], r"empty batch"),
+    (lambda x: np.where(x > 0.5, np.nan, x), r"NaN"),
+    (lambda x: x.astype(str), r"float32 array .* got dtype <U"),
+])
+def test_bad_images_get_an_error_that_states_what_is_expected(runs, images, bad, message):
+    rt = _runtime(runs["dae"] / "export")
+    for method in (rt.encode, rt.reconstruct):
+        with pytest.raises(InputError, match=message):
+            method(bad(images))
+
+
+def test_other_float_types_are_accepted(runs, images):
+    rt = _runtime(runs["dae"] / "export")
+    np.testing.assert_allclose(rt.encode(images.astype(np.float64)), rt.encode(images), atol=1e-6)
+    np.testing.assert_allclose(rt.encode(images.tolist()), rt.encode(images), atol=1e-6)
+
+
+def test_bad_latents(runs):
+    rt = _runtime(runs["dae"] / "export")
+    with pytest.raises(InputError, match=r"latents must have shape \(batch, 4\); got \(4,\)\. For a single code"):
+        rt.decode(np.zeros(4, np.float32))
+    with pytest.raises(InputError, match=r"latents must have shape \(batch, 4\); got \(2, 5\)"):
+        rt.decode(np.zeros((2, 5), np.float32))
+    with pytest.raises(InputError, match="dtype int64"):
+        rt.decode(np.zeros((2, 4), np.int64))
+
+
+def test_large_batches_are_chunked(runs):
+    rt = _runtime(runs["dae"] / "export")
+    x = np.random.default_rng(1).uniform(0, 1, (70, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(rt.reconstruct(x, batch_size=16), rt.reconstruct(x), atol=1e-6)
+
+
+def test_single_onnx_file(runs, images):
+    export_dir = runs["dae"] / "export"
+    encoder = _runtime(export_dir / "encoder.onnx")
+    np.testing.assert_allclose(encoder.encode(images), _runtime(export_dir).encode(images), atol=1e-6)
+    with pytest.raises(BundleError, match="has no decoder .decoder.onnx., which decode needs; it has: encoder.onnx"):
+        encoder.decode(np.zeros((1, 4), np.float32))
+    with pytest.raises(BundleError, match="has no autoencoder"):
+        encoder.reconstruct(images)
+    with pytest.raises(InferenceError, match="not variational"):
+        encoder.sample(2)
+
+
+def test_encoder_and_decoder_without_autoencoder_still_reconstruct(runs, images, tmp_path):
+    export_dir = runs["dae"] / "export"
+    for name in ("encoder.onnx", "decoder.onnx"):
+        (tmp_path / name).write_bytes((export_dir / name).read_bytes())
+    np.testing.assert_allclose(_runtime(tmp_path).reconstruct(images), _runtime(export_dir).reconstruct(images),
+                               atol=1e-5)
+
+
+def test_not_an_aezoo_model(tmp_path):
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "g", [value("x", onnx.TensorProto.FLOAT, [1])],
+                                   [value("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              str(tmp_path / "other.onnx"))
+    with pytest.raises(BundleError, match="not an aezoo export.*aezoo.role"):
+        _runtime(tmp_path / "other.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(BundleError, match="Cannot load .*broken.onnx"):
+        _runtime(tmp_path / "broken.onnx")
+    (tmp_path / "nothing-here").mkdir()
+    with pytest.raises(BundleError, match="holds none of encoder.onnx"):
+        _runtime(tmp_path / "nothing-here")
+    with pytest.raises(BundleError, match="No such model file or folder"):
+        _runtime(tmp_path / "missing")
+
+
+def test_mixed_bundle_is_refused(runs, tmp_path):
+    (tmp_path / "encoder.onnx").write_bytes((runs["dae"] / "export" / "encoder.onnx").read_bytes())
+    (tmp_path / "decoder.onnx").write_bytes((runs["conv_vae"] / "export" / "decoder.onnx").read_bytes())
+    with pytest.raises(BundleError, match="disagree on preset"):
+        _runtime(tmp_path)
+
+
+def test_cli(runs, images, tmp_path, capsys):
+    export_dir = str(runs["conv_vae"] / "export")
+    np.save(tmp_path / "x.npy", images)
+    rt = _runtime(export_dir)
+    assert runtime.main(["encode", export_dir, str(tmp_path / "x.npy"), "--out", str(tmp_path / "z.npy"),
+                         "--log-var-out", str(tmp_path / "lv.npy"), "--providers", "CPUExecutionProvider"]) == 0
+    z_mean, log_var = rt.encode_distribution(images)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), z_mean, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "lv.npy"), log_var, atol=1e-6)
+    assert runtime.main(["decode", export_dir, str(tmp_path / "z.npy"), "--out", str(tmp_path / "d.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), rt.decode(z_mean), atol=1e-6)
+    assert runtime.main(["reconstruct", export_dir, str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), rt.reconstruct(images), atol=1e-6)
+    assert "wrote float32 (6, 28, 28, 1)" in capsys.readouterr().out
+    assert runtime.main(["info", export_dir]) == 0
+    assert json.loads(capsys.readouterr().out)["latent_dim"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "lv.npy", "r.npy", "x.npy", "z.npy"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: np.save(d / "in.npy", np.zeros((2, 28, 28, 1), np.uint8)), "got dtype uint8"),
+    (lambda d: np.save(d / "in.npy", np.zeros((2, 32, 32, 3), np.float32)),
+     r"shape \(batch, 28, 28, 1\); got \(2, 32, 32, 3\)"),
+    (lambda d: (d / "in.npy").write_text("garbage"), "Cannot read .*in.npy as a numpy array"),
+    (lambda d: None, "No such file or folder"),
+])
+def test_cli_errors(runs, tmp_path, capsys, make, message):
+    import re
+
+    make(tmp_path)
+    rc = runtime.main(["encode", str(runs["dae"] / "export"), str(tmp_path / "in.npy"), "--out",
+                       str(tmp_path / "out.npy")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and re.search(message, err), err
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_cli_png_errors(runs, tmp_path, capsys):
+    from PIL import Image
+
+    export_dir = str(runs["dae"] / "export")
+    (tmp_path / "empty").mkdir()
+    assert runtime.main(["encode", export_dir, str(tmp_path / "empty"), "--out", str(tmp_path / "o.npy")]) == 2
+    assert "holds no .png files" in capsys.readouterr().err
+    (tmp_path / "big").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "big" / "a.png")
+    assert runtime.main(["encode", export_dir, str(tmp_path / "big"), "--out", str(tmp_path / "o.npy")]) == 2
+    assert "is 32x32 pixels (HxW); the model expects 28x28" in capsys.readouterr().err
+    # RGB PNGs are converted to the model's one channel.
+    (tmp_path / "rgb").mkdir()
+    Image.fromarray(np.full((28, 28, 3), 255, np.uint8)).save(tmp_path / "rgb" / "a.png")
+    assert runtime.main(["encode", export_dir, str(tmp_path / "rgb"), "--out", str(tmp_path / "o.npy")]) == 0
+    assert np.load(tmp_path / "o.npy").shape == (1, 4)
+    assert runtime.main(["encode", str(tmp_path / "nowhere"), str(tmp_path / "rgb"), "--out", "x.npy"]) == 2
+    assert "No such model file or folder" in capsys.readouterr().err

@@ -1,0 +1,436 @@
+"""Pretrained weights: fetch a preset's release bundle (ONNX, SavedModel or .keras) into a sha256-checked cache.
+
+`zoo.weights.fetch("dae_mnist", source="https://host/aezoo/v0.1")`; CLI `python -m zoo.weights fetch dae_mnist`.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+from pathlib import Path
+
+import keras
+
+from zoo import fileio
+from zoo.errors import UnknownNameError, ZooError
+
+FORMATS = ("onnx", "savedmodel", "keras")
+ENV_SOURCE = "ZOO_WEIGHTS_URL"
+ENV_CACHE = "ZOO_CACHE_DIR"
+DEFAULT_CACHE = "~/.cache/aezoo"
+MANIFEST = "manifest.json"
+INDEX = "index.json"
+SOURCE_FILE = ".source"  # which release the cached manifest came from
+EXTRACTED_MARK = ".savedmodel.sha256"  # sha256 of the archive the savedmodel/ folder was extracted from
+INCOMING = ".incoming"
+SAVEDMODEL_DIR = "savedmodel"
+TIMEOUT_S = 60.0  # per socket operation: a stalled server fails the download instead of hanging it
+SCHEMES = ("http", "https", "file")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class WeightsError(ZooError):
+    """Weights cannot be fetched: no source, source unreachable, bad manifest."""
+
+
+class ChecksumError(WeightsError):
+    """A downloaded file does not match the sha256 (or size) its manifest gives; it was deleted."""
+
+
+class IncompleteDownloadError(ChecksumError):
+    """The connection ended before the whole file arrived; nothing was kept."""
+
+
+class _NotFound(Exception):
+    pass
+
+
+# --- places ------------------------------------------------------------------------------------------
+
+
+def cache_root(cache_dir=None):
+    """The cache folder: `cache_dir`, else $ZOO_CACHE_DIR, else ~/.cache/aezoo."""
+    return Path(cache_dir or os.environ.get(ENV_CACHE) or DEFAULT_CACHE).expanduser()
+
+
+def normalize_source(source):
+    """A release base as a URL without a trailing slash: http(s)://, file://, or a local folder."""
+    text = os.fspath(source).strip()
+    scheme = urllib.parse.urlsplit(text).scheme.lower()
+    if scheme in SCHEMES:
+        return text.rstrip("/")
+    if "://" in text:
+        raise WeightsError("Unsupported weights source {!r}: use an http(s):// or file:// URL, or a local folder."
+                           .format(text))
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise WeightsError("Weights source {} is not a folder (nor an http(s):// or file:// URL).".format(text))
+    return path.resolve().as_uri()
+
+
+def _check_preset(preset):
+    if not isinstance(preset, str) or not _NAME.fullmatch(preset):
+        raise WeightsError("{!r} is not a preset name (lower-case letters, digits and underscores, e.g. dae_mnist)."
+                           .format(preset))
+
+
+def _check_format(format):
+    if format not in FORMATS:
+        raise WeightsError("Unknown format {!r}; choose one of {}.".format(format, ", ".join(FORMATS)))
+
+
+# --- downloading -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _download_settings(verbose):
+    # get_file opens URLs without a timeout and prints its progress bar only with interactive logging.
+    old_timeout = socket.getdefaulttimeout()
+    interactive = keras.config.is_interactive_logging_enabled()
+    socket.setdefaulttimeout(TIMEOUT_S)
+    if not verbose and interactive:
+        keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+        if not verbose and interactive:
+            keras.config.enable_interactive_logging()
+
+
+def _is_not_found(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, urllib.error.HTTPError) and exc.code in (404, 410):
+            return True
+        if isinstance(exc, FileNotFoundError):
+            return True
+        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, FileNotFoundError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _find_cause(exc, kind):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kind):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url, dest, staging, entry=None, verbose=True):
+    """Download `url` through keras.utils.get_file into `staging`, check it, then move it to `dest`.
+
+    With a manifest `entry` the sha256 and size must match, or ChecksumError (the file is deleted).
+    Raises _NotFound for a 404 or a missing file:// path, WeightsError for other failures.
+    """
+    staged = Path(staging) / dest.name
+    # get_file falls back to /tmp/.keras when its cache_dir does not exist yet.
+    Path(staging).mkdir(parents=True, exist_ok=True)
+    try:
+        with _download_settings(verbose):
+            keras.utils.get_file(fname=dest.name, origin=url, cache_dir=str(staging), cache_subdir="",
+                                 file_hash=entry["sha256"] if entry else None, hash_algorithm="sha256",
+                                 force_download=True)
+    except ValueError:
+        # get_file's "Incomplete or corrupted file detected": the hash did not match.
+        if entry is None or not staged.exists():
+            raise
+        got_size, got_sha = staged.stat().st_size, _sha256(staged)
+        staged.unlink()
+        if got_size < entry["size"]:
+            raise IncompleteDownloadError("Download of {} is incomplete: got {} bytes, the manifest says {}. Nothing "
+                                          "was kept; try again.".format(url, got_size, entry["size"])) from None
+        if got_size != entry["size"]:
+            raise ChecksumError("{} has {} bytes, but the manifest says {}: the file is not the released one. It was "
+                                "deleted, not cached.".format(url, got_size, entry["size"])) from None
+        raise ChecksumError("sha256 of {} is {}, but the manifest says {}: the file is corrupt or was replaced. It "
+                            "was deleted, not cached.".format(url, got_sha, entry["sha256"])) from None
+    except Exception as exc:  # get_file re-raises URL errors as a bare Exception("URL fetch failure ...")
+        staged.unlink(missing_ok=True)
+        if _is_not_found(exc):
+            raise _NotFound(url) from None
+        short = _find_cause(exc, urllib.error.ContentTooShortError)
+        if short is not None:
+            raise IncompleteDownloadError("Download of {} was cut short ({}). Nothing was kept; try again.".format(
+                url, short.reason)) from None
+        raise WeightsError("Cannot download {}: {}".format(url, exc)) from None
+    if entry is not None and staged.stat().st_size != entry["size"]:  # only if the sha256 matched but size did not
+        staged.unlink()
+        raise ChecksumError("{} has the manifest's sha256 but not its size {}; the manifest is inconsistent."
+                            .format(url, entry["size"]))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, dest)
+    return dest
+
+
+# --- manifests ---------------------------------------------------------------------------------------
+
+
+def _parse_manifest(path, preset, where):
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError("{} is not a readable manifest: {}".format(where, exc)) from None
+    problems = []
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        problems.append("no list of files")
+    else:
+        if manifest.get("preset") != preset:
+            problems.append("it is for preset {!r}".format(manifest.get("preset")))
+        for entry in manifest["files"]:
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _FILE.fullmatch(entry["file"])
+                    and entry["file"] != MANIFEST and isinstance(entry.get("sha256"), str)
+                    and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("size"), int)
+                    and entry.get("format") in FORMATS):
+                problems.append("bad file entry {!r}".format(entry))
+    if problems:
+        raise WeightsError("{} is not a valid aezoo manifest for {}: {}.".format(where, preset, "; ".join(problems)))
+    return manifest
+
+
+def _entries(manifest, format, where):
+    entries = [e for e in manifest["files"] if e["format"] == format]
+    if not entries:
+        have = sorted({e["format"] for e in manifest["files"]})
+        raise WeightsError("The release of {} at {} has no {} files; it has: {}.".format(
+            manifest["preset"], where, format, ", ".join(have) or "none"))
+    return entries
+
+
+def _is_valid(path, entry):
+    return path.is_file() and path.stat().st_size == entry["size"] and _sha256(path) == entry["sha256"]
+
+
+def list_presets(source=None, cache_dir=None, verbose=False):
+    """{preset: summary} from the release's index.json (written by export.release)."""
+    source = _source(source)
+    if source is None:
+        raise WeightsError(_no_source_message())
+    index = _read_index(source, cache_root(cache_dir), verbose)
+    if index is None:
+        raise WeightsError("{} has no {} listing its presets.".format(source, INDEX))
+    return index
+
+
+def _read_index(source, root, verbose):
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=INCOMING + "-"))
+    try:
+        path = _download(source + "/" + INDEX, staging / "index.download", staging / "get", verbose=verbose)
+        index = json.loads(path.read_text())
+        return dict(index["presets"])
+    except (_NotFound, WeightsError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unknown_preset(preset, source, root):
+    index = _read_index(source, root, verbose=False)
+    message = "Preset {!r} is not in the release at {} (there is no {}/{}/{}).".format(
+        preset, source, source, preset, MANIFEST)
+    if index is None:
+        message += " The source has no {} listing its presets.".format(INDEX)
+    elif not index:
+        message += " The release holds no presets."
+    else:
+        import difflib
+
+        close = difflib.get_close_matches(preset, sorted(index), n=3, cutoff=0.6)
+        message += (" Did you mean: {}?".format(", ".join(close)) if close else "") + " It has: {}.".format(
+            ", ".join(sorted(index)))
+    return UnknownNameError(message)
+
+
+def _source(source):
+    source = source if source is not None else os.environ.get(ENV_SOURCE) or None
+    return normalize_source(source) if source else None
+
+
+def _no_source_message(preset=None, root=None):
+    where = ""
+    if preset is not None:
+        where = " The cache {} holds no complete {} bundle to use offline.".format(root / preset, preset)
+    return ("No weights source: pass source= (CLI: --source URL_OR_DIR) or set {} to a release base URL "
+            "(https://..., file://...) or a folder of bundles.{}".format(ENV_SOURCE, where))
+
+
+# --- fetch -------------------------------------------------------------------------------------------
+
+
+def _extract_savedmodel(archive, preset_dir, sha256):
+    """Unpack savedmodel.tar.gz to preset_dir/savedmodel/ atomically; skipped if already done for this archive."""
+    dest = preset_dir / SAVEDMODEL_DIR
+    mark = preset_dir / EXTRACTED_MARK
+    if dest.is_dir() and mark.is_file() and mark.read_text().strip() == sha256:
+        return dest
+    tmp = Path(tempfile.mkdtemp(dir=preset_dir, prefix=".partial-savedmodel-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            names = tar.getnames()
+            if not names or any((n != SAVEDMODEL_DIR and not n.startswith(SAVEDMODEL_DIR + "/")) or ".." in
+                                n.split("/") for n in names):
+                raise WeightsError("{} does not hold a single {}/ folder.".format(archive, SAVEDMODEL_DIR))
+            if any(not (m.isfile() or m.isdir()) for m in tar.getmembers()):
+                raise WeightsError("{} holds links or special files; a SavedModel has none.".format(archive))
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: also refuses absolute paths and odd modes
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)  # names were checked above: all under savedmodel/
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=preset_dir, prefix=".old-savedmodel-"))
+            os.replace(dest, old / SAVEDMODEL_DIR)
+        os.replace(tmp / SAVEDMODEL_DIR, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except (tarfile.TarError, OSError) as exc:
+        raise WeightsError("Cannot unpack {}: {}".format(archive, exc)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fileio.write_text(mark, sha256 + "\n")
+    return dest
+
+
+def _result(preset_dir, entries):
+    paths = {"dir": preset_dir, "manifest": preset_dir / MANIFEST}
+    for entry in entries:
+        path = preset_dir / entry["file"]
+        if entry["format"] == "savedmodel":
+            paths["savedmodel_archive"] = path
+            paths["savedmodel"] = _extract_savedmodel(path, preset_dir, entry["sha256"])
+        else:
+            paths[entry.get("role") or entry["file"]] = path
+    return paths
+
+
+def fetch(preset, format="onnx", source=None, cache_dir=None, refresh=False, verbose=True):
+    """Fetch one format of a preset's released weights; returns {name: local pathlib.Path}.
+
+    `source`: a release base (https://..., http://..., file://... or a folder) holding
+    <preset>/manifest.json and the files it lists; default $ZOO_WEIGHTS_URL. Files land in
+    `cache_dir` (default $ZOO_CACHE_DIR or ~/.cache/aezoo) under <preset>/, each checked against the
+    manifest's sha256; a mismatch raises ChecksumError and leaves nothing behind. When the cache
+    already holds valid files, no network is used (`refresh=True` re-reads the manifest).
+
+    Keys: "dir" (the preset's cache folder, loadable by export.runtime.Runtime for onnx), "manifest",
+    then per format: onnx -> "encoder", "decoder", "autoencoder" (.onnx files); savedmodel ->
+    "savedmodel" (the extracted folder, for tf.saved_model.load) and "savedmodel_archive" (.tar.gz);
+    keras -> "keras" (model.keras, for keras.models.load_model after `import zoo`).
+    """
+    _check_preset(preset)
+    _check_format(format)
+    root = cache_root(cache_dir)
+    preset_dir = root / preset
+    source = _source(source)
+    say = print if verbose else (lambda *a, **k: None)
+
+    source_file = preset_dir / SOURCE_FILE
+    cached_source = source_file.read_text().strip() if source_file.is_file() else None
+    if not refresh and (preset_dir / MANIFEST).is_file() and source in (None, cached_source):
+        try:
+            manifest = _parse_manifest(preset_dir / MANIFEST, preset, preset_dir / MANIFEST)
+            entries = _entries(manifest, format, cached_source or preset_dir)
+        except WeightsError:
+            entries = None  # damaged, or without this format: ask the source
+        if entries and all(_is_valid(preset_dir / e["file"], e) for e in entries):
+            say("Using cached {} {} weights in {} (sha256 verified)".format(preset, format, preset_dir))
+            return _result(preset_dir, entries)
+        # Anything to download means the manifest is read afresh too, in case the release changed.
+        source = source or cached_source
+    if source is None:
+        raise WeightsError(_no_source_message(preset, root))
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=INCOMING + "-"))
+    except OSError as exc:
+        raise WeightsError("Cannot write to the weights cache {}: {}. Set {} or pass cache_dir= (--cache-dir)."
+                           .format(root, exc, ENV_CACHE)) from None
+    base = "{}/{}/".format(source, preset)
+    try:
+        try:
+            new_manifest = _download(base + MANIFEST, staging / MANIFEST, staging / "get", verbose=verbose)
+        except _NotFound:
+            raise _unknown_preset(preset, source, root) from None
+        manifest = _parse_manifest(new_manifest, preset, base + MANIFEST)
+        entries = _entries(manifest, format, source)
+        for entry in entries:
+            dest = preset_dir / entry["file"]
+            if _is_valid(dest, entry):
+                say("Using cached {} (sha256 verified)".format(dest))
+                continue
+            try:
+                _download(base + entry["file"], dest, staging / "get", entry=entry, verbose=verbose)
+            except _NotFound:
+                raise WeightsError("{} lists {}, but {} is missing from the release.".format(
+                    base + MANIFEST, entry["file"], base + entry["file"])) from None
+        # The manifest goes last: a cached manifest always describes files that were checked against it.
+        os.replace(new_manifest, preset_dir / MANIFEST)
+        if cached_source != source:
+            fileio.write_text(source_file, source + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say("{} {} weights in {}".format(preset, format, preset_dir))
+    return _result(preset_dir, entries)
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m zoo.weights", description="Download released aezoo weights.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fetch", help="download (or reuse from the cache) one preset's weights")
+    p.add_argument("preset", help="preset name, e.g. dae_mnist")
+    p.add_argument("--format", default="onnx", choices=FORMATS, help="default %(default)s")
+    p.add_argument("--source", help="release base URL (https://, http://, file://) or folder; default ${}".format(
+        ENV_SOURCE))
+    p.add_argument("--cache-dir", help="default ${} or {}".format(ENV_CACHE, DEFAULT_CACHE))
+    p.add_argument("--refresh", action="store_true", help="download the manifest again even if cached")
+    p.add_argument("--quiet", action="store_true", help="no progress output; print only the paths")
+    p = sub.add_parser("list", help="list the presets a release holds (its index.json)")
+    p.add_argument("--source")
+    p.add_argument("--cache-dir")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            for name, info in sorted(list_presets(args.source, args.cache_dir).items()):
+                print("{}  {} on {}".format(name, info.get("model"), info.get("dataset")))
+            return 0
+        paths = fetch(args.preset, format=args.format, source=args.source, cache_dir=args.cache_dir,
+                      refresh=args.refresh, verbose=not args.quiet)
+    except ZooError as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print("{}: {}".format(name, path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
