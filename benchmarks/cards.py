@@ -1,0 +1,213 @@
+"""Generate MODEL_CARDS.md from measured results only: run metrics and quality
+(benchmarks/results/quality.json), onnxruntime throughput (throughput.json) and release manifests.
+
+`python -m benchmarks.cards` — a figure that was not measured is said to be missing, never typed in.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS_DIR = Path("benchmarks/results")
+DIST_DIR = Path("dist")
+OUTPUT = Path("MODEL_CARDS.md")
+MISSING = "not measured"
+CARD_BATCH_SIZES = (1, 64, 1024)
+
+# Prose per family: what it is for and what it is not for. Words, not figures.
+USE_AND_LIMITS = {
+    "ae": ("Teaching baseline and small non-linear feature extractor.",
+           "A single sigmoid layer saturates; deeper models reconstruct better at the same code size."),
+    "linear_ae": ("Checking PCA equivalence; a linear projection that can be fine-tuned or exported like the others.",
+                  "It learns PCA's subspace, not its orthogonal axes: code dimensions are mixed and unordered."),
+    "deep_ae": ("Dimensionality reduction and compact codes for retrieval (Hinton & Salakhutdinov 2006).",
+                "Codes are not a probabilistic model: do not sample them to generate images."),
+    "conv_ae": ("Image compression and features where spatial structure matters.",
+                "Fixed input size (height and width divisible by 4); trained on one dataset only."),
+    "dae": ("Removing noise like the training corruption; robust features.",
+            "Denoises the kind and level of noise it was trained on best; clean-image fidelity is slightly lower."),
+    "conv_dae": ("Denoising images with a convolutional model.",
+                 "Same limits as dae; fixed input size."),
+    "sparse_ae": ("Interpretable, mostly-off features; overcomplete codes.",
+                  "The sparsity penalty trades reconstruction quality for sparse codes."),
+    "contractive_ae": ("Features that are locally invariant to small input changes.",
+                       "The contractive penalty trades reconstruction quality for smoothness."),
+    "vae": ("Generating images by sampling the prior; a smooth latent space for interpolation.",
+            "Samples are blurry (Bernoulli likelihood); the exported encoder gives the posterior mean and log "
+            "variance, and sampling is done by the caller: z = z_mean + exp(z_log_var / 2) * eps."),
+    "conv_vae": ("Generating images with a convolutional VAE.",
+                 "Same limits as vae."),
+}
+
+
+def _load_json(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(value, spec="{:.3g}"):
+    return MISSING if value is None else spec.format(value)
+
+
+def architecture(preset):
+    """Layer-by-layer summary and parameter counts, from the model the preset builds (computed, not typed)."""
+    import zoo
+
+    model = zoo.build(preset.model, **preset.model_config)
+    lines = []
+    for part in (model.encoder, model.decoder):
+        steps = []
+        for layer in part.layers:
+            if layer.__class__.__name__ == "InputLayer":
+                continue
+            shape = layer.output.shape if not isinstance(layer.output, (list, tuple)) else layer.output[0].shape
+            activation = getattr(layer, "activation", None)
+            act = getattr(activation, "__name__", None)
+            steps.append("{} {}{}".format(layer.__class__.__name__, "x".join(str(d) for d in shape[1:]),
+                                          " " + act if act and act != "linear" else ""))
+        lines.append("{} ({:,} parameters): {}".format(part.name, part.count_params(), " → ".join(steps)))
+    return lines, model.count_params(), model.latent_dim
+
+
+def throughput_lines(name, throughput):
+    if not throughput:
+        return ["onnxruntime throughput: {} (run `python -m benchmarks.throughput {}`).".format(MISSING, name)]
+    rows = [r for r in throughput["rows"] if r["model"] == name]
+    if not rows:
+        return ["onnxruntime throughput: {} (run `python -m benchmarks.throughput {}`).".format(MISSING, name)]
+    machine = throughput.get("machine", {})
+    lines = ["onnxruntime on {} ({} threads), IOBinding, images/s (p50 latency; ratio to TensorFlow on the "
+             "SavedModel):".format(machine.get("cpu_model", throughput.get("device")),
+                                   throughput.get("settings", {}).get("threads")), "",
+             "| part | " + " | ".join("batch {}".format(b) for b in CARD_BATCH_SIZES) + " |",
+             "| --- |" + " ---: |" * len(CARD_BATCH_SIZES)]
+    for part in ("encoder", "decoder", "autoencoder"):
+        cells = []
+        for b in CARD_BATCH_SIZES:
+            row = next((r for r in rows if r["part"] == part and r["batch_size"] == b), None)
+            if row is None:
+                cells.append(MISSING)
+                continue
+            ratio = row.get("ort_tf_ratio")
+            cells.append("{:,.0f} ({:.0f} µs{})".format(row["images_per_s"], row["latency_us_p50"],
+                                                        "" if ratio is None else "; {:.2f}x TF".format(ratio)))
+        lines.append("| {} | {} |".format(part, " | ".join(cells)))
+    return lines
+
+
+def flops_text(name, throughput):
+    for model in (throughput or {}).get("models", []):
+        if model.get("name") == name and model.get("flops"):
+            parts = model["flops"]
+            return ", ".join("{} {:.2f} MFLOP".format(p, parts[p]["flops"] / 1e6) for p in parts)
+    return MISSING
+
+
+def release_lines(name, dist_dir):
+    manifest = _load_json(Path(dist_dir) / name / "manifest.json")
+    if not manifest:
+        return ["Released files: none built here (build with `python -m export.release runs/{}`).".format(name)]
+    lines = ["| file | size | sha256 |", "| --- | ---: | --- |"]
+    for f in manifest.get("files", []):
+        lines.append("| {} | {:,} B | `{}` |".format(f["file"], f["size"], f["sha256"]))
+    return lines
+
+
+def card(preset, quality, throughput, dist_dir):
+    from zoo.registry import describe_models
+
+    arch, params, latent = architecture(preset)
+    use, limits = USE_AND_LIMITS.get(preset.model, ("", ""))
+    lines = ["## {}".format(preset.name), "",
+             "{} Family `{}`: {}".format(preset.description[0].upper() + preset.description[1:] + ".",
+                                         preset.model, describe_models()[preset.model]), "",
+             "- Parameters: {:,}; code size {}.".format(params, latent),
+             "- FLOPs per image (ONNX graph): {}.".format(flops_text(preset.name, throughput)),
+             "- Dataset: {}; inputs float32 in [0, 1], NHWC {}.".format(
+                 preset.dataset, "x".join(str(d) for d in preset.model_config["input_shape"])),
+             "- Recipe: {} epochs, batch {}, Adam at {} with cosine decay, {} reconstruction loss, seed {}.".format(
+                 preset.epochs, preset.batch_size, preset.learning_rate, preset.reconstruction_loss, preset.seed),
+             "- Architecture:"] + ["  - {}".format(line) for line in arch] + [""]
+    if quality is None:
+        lines += ["**No measured results**: this preset has not been trained and evaluated here. Train and evaluate "
+                  "it with `python -m zoo.train {0} && python -m benchmarks.quality {0}`.".format(preset.name), ""]
+    else:
+        m, red, ret = quality["run_metrics"], quality["reduction"], quality["retrieval"]
+        timing = quality.get("timing") or {}
+        lines += [
+            "Test metrics ({} test images of the real split; trained {} epochs{}):".format(
+                "10,000" if preset.dataset != "cifar10" else "10,000", quality["training"]["epochs"],
+                "" if not timing else ", {:.0f} s/epoch, {:,.0f} images/s on this machine".format(
+                    timing["seconds_per_epoch"], timing["train_images_per_second"])), "",
+            "| metric | value |", "| --- | ---: |"]
+        for key in ("sq_error_per_image", "mse_per_pixel", "bce_per_pixel", "psnr_db", "noisy_psnr_db",
+                    "denoised_psnr_db"):
+            if key in m:
+                lines.append("| {} | {:.4g} |".format(key, m[key]))
+        lines += ["", "Against the classics (same split, same code size):", "",
+                  "- Squared error per image {:.2f} vs PCA-{} {:.2f} (ratio {:.2f}).".format(
+                      red["sq_error_per_image"], latent, red["pca_sq_error_per_image"], red["ratio_to_pca"]),
+                  "- Retrieval precision@10: codes {:.3f}, raw pixels {:.3f}, PCA-{} codes {:.3f}.".format(
+                      ret["precision_at_10"], ret["pixels_precision_at_10"], latent, ret["pca_precision_at_10"]),
+                  "- Denoising PSNR, noisy → output: " + "; ".join(
+                      "{} {:.1f} → {:.1f} dB".format(d["label"], d["noisy_psnr_db"], d["output_psnr_db"])
+                      for d in quality["denoising"]) + ".", ""]
+    lines += throughput_lines(preset.name, throughput) + [""]
+    lines += release_lines(preset.name, dist_dir) + [""]
+    lines += ["Intended use: {} Known limits: {}".format(use, limits), "",
+              "How to get and run it:", "", "```bash",
+              "python -m zoo.weights fetch {} --format onnx        # from ZOO_WEIGHTS_URL, sha256-checked".format(
+                  preset.name),
+              "python -m export.runtime encode PATH_FROM_FETCH images.npy --out codes.npy   # numpy + onnxruntime only",
+              "python -m zoo.train {}                              # or train it yourself".format(preset.name),
+              "```", ""]
+    return lines
+
+
+def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
+    from zoo.presets import PRESETS, list_presets
+
+    results_dir = Path(results_dir)
+    quality = {r["preset"]: r for r in (_load_json(results_dir / "quality.json") or {}).get("results", [])}
+    throughput = _load_json(results_dir / "throughput.json")
+    measured = [n for n in list_presets() if n in quality]
+    lines = ["# Model cards", "",
+             "Generated by `python -m benchmarks.cards` from run metrics, `benchmarks/results/quality.json`, "
+             "`benchmarks/results/throughput.json` and release manifests. Do not edit by hand.", "",
+             "Measured presets: {}. Presets without measurements say so.".format(", ".join(measured) or "none"), "",
+             "| preset | parameters | sq. error / image | vs PCA | P@10 | encoder images/s (batch 1024) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    body = []
+    for name in list_presets():
+        preset = PRESETS[name]
+        q = quality.get(name)
+        enc = next((r for r in (throughput or {}).get("rows", []) if r["model"] == name and r["part"] == "encoder"
+                    and r["batch_size"] == 1024), None)
+        section = card(preset, q, throughput, dist_dir)
+        params = section[[i for i, s in enumerate(section) if s.startswith("- Parameters")][0]].split(";")[0]
+        lines.append("| [{0}](#{0}) | {1} | {2} | {3} | {4} | {5} |".format(
+            name, params.replace("- Parameters: ", ""),
+            _fmt(q and q["reduction"]["sq_error_per_image"], "{:.2f}"),
+            _fmt(q and q["reduction"]["ratio_to_pca"], "{:.2f}x"),
+            _fmt(q and q["retrieval"]["precision_at_10"], "{:.3f}"),
+            _fmt(enc and enc["images_per_s"], "{:,.0f}")))
+        body += section
+    return "\n".join(lines + [""] + body)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cards", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=str(RESULTS_DIR))
+    parser.add_argument("--dist", default=str(DIST_DIR))
+    parser.add_argument("--out", default=str(OUTPUT))
+    args = parser.parse_args(argv)
+    from zoo import fileio
+
+    fileio.write_text(args.out, render(args.results, args.dist))
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
