@@ -104,8 +104,10 @@ def flops_text(name, throughput):
     return MISSING
 
 
-def release_lines(name, dist_dir):
-    manifest = _load_json(Path(dist_dir) / name / "manifest.json")
+def release_lines(name, dist_dir, results_dir=RESULTS_DIR):
+    # dist/ is not committed; the manifests copied to results/releases/ keep the cards reproducible.
+    manifest = (_load_json(Path(dist_dir) / name / "manifest.json")
+                or _load_json(Path(results_dir) / "releases" / "{}.json".format(name)))
     if not manifest:
         return ["Released files: none built here (build with `python -m export.release runs/{}`).".format(name)]
     lines = ["| file | size | sha256 |", "| --- | ---: | --- |"]
@@ -114,7 +116,7 @@ def release_lines(name, dist_dir):
     return lines
 
 
-def card(preset, quality, throughput, dist_dir):
+def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR):
     from zoo.registry import describe_models
 
     arch, params, latent = architecture(preset)
@@ -153,8 +155,14 @@ def card(preset, quality, throughput, dist_dir):
                   "- Denoising PSNR, noisy → output: " + "; ".join(
                       "{} {:.1f} → {:.1f} dB".format(d["label"], d["noisy_psnr_db"], d["output_psnr_db"])
                       for d in quality["denoising"]) + ".", ""]
+        figures = [(label, Path(results_dir) / "{}_{}.png".format(kind, preset.name))
+                   for kind, label in (("latent", "test codes by class"), ("samples", "samples from the prior"),
+                                       ("interpolation", "latent interpolation"), ("throughput", "throughput"))]
+        shown = ["[{}]({})".format(label, path.as_posix()) for label, path in figures if path.exists()]
+        if shown:
+            lines += ["Figures: " + ", ".join(shown) + ".", ""]
     lines += throughput_lines(preset.name, throughput) + [""]
-    lines += release_lines(preset.name, dist_dir) + [""]
+    lines += release_lines(preset.name, dist_dir, results_dir) + [""]
     lines += ["Intended use: {} Known limits: {}".format(use, limits), "",
               "How to get and run it:", "", "```bash",
               "python -m zoo.weights fetch {} --format onnx        # from ZOO_WEIGHTS_URL, sha256-checked".format(
@@ -184,7 +192,7 @@ def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
         q = quality.get(name)
         enc = next((r for r in (throughput or {}).get("rows", []) if r["model"] == name and r["part"] == "encoder"
                     and r["batch_size"] == 1024), None)
-        section = card(preset, q, throughput, dist_dir)
+        section = card(preset, q, throughput, dist_dir, results_dir)
         params = section[[i for i, s in enumerate(section) if s.startswith("- Parameters")][0]].split(";")[0]
         lines.append("| [{0}](#{0}) | {1} | {2} | {3} | {4} | {5} |".format(
             name, params.replace("- Parameters: ", ""),
