@@ -205,6 +205,44 @@ def _finish_graph(proto, input_name, outputs):
         dim.dim_param = "batch"
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _symmetric_conv_transpose(graph):
+    """Rewrite ConvTranspose nodes with asymmetric pads as an unpadded ConvTranspose and a Slice.
+
+    Keras' stride-2 'same' transposed convolutions become ConvTranspose with pads [0, 0, 1, 1];
+    onnxruntime's CUDA provider cannot run those and silently moves them to the CPU, with copies
+    around them (the conv decoders ran at ~1% of the GPU's speed). Cropping after an unpadded
+    ConvTranspose computes the same numbers; the parity check confirms it.
+    """
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        pads = attrs.get("pads")
+        if node.op_type != "ConvTranspose" or pads is None or "output_shape" in attrs:
+            nodes.append(node)
+            continue
+        half = len(pads.ints) // 2
+        begins, ends = list(pads.ints[:half]), list(pads.ints[half:])
+        if begins == ends:
+            nodes.append(node)
+            continue
+        del pads.ints[:]
+        pads.ints.extend([0] * (2 * half))
+        cropped, node.output[0] = node.output[0], node.output[0] + "__uncropped"
+        prefix = node.name + "__crop"
+        graph.initializer.extend([
+            onnx.numpy_helper.from_array(np.array(begins, np.int64), prefix + "_starts"),
+            onnx.numpy_helper.from_array(np.array([-e if e else _INT64_MAX for e in ends], np.int64), prefix + "_ends"),
+            onnx.numpy_helper.from_array(np.arange(2, 2 + half, dtype=np.int64), prefix + "_axes"),
+        ])
+        nodes += [node, onnx.helper.make_node("Slice", [node.output[0], prefix + "_starts", prefix + "_ends",
+                                                        prefix + "_axes"], [cropped], name=prefix)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def to_onnx(model, endpoint, opset, metadata):
     """One endpoint as an ONNX ModelProto with named inputs/outputs, dynamic batch and aezoo metadata."""
     fn, spec = endpoints(model)[endpoint]
@@ -217,6 +255,7 @@ def to_onnx(model, endpoint, opset, metadata):
         raise ExportError("tf2onnx could not convert the {} of {} at opset {}: {}: {}".format(
             ROLES[endpoint], model.registry_name, opset, type(exc).__name__, exc)) from None
     _finish_graph(proto, spec.name, output_names(model, endpoint))
+    _symmetric_conv_transpose(proto.graph)
     role = ROLES[endpoint]
     values = dict(metadata, role=role, inputs=[spec.name], outputs=list(output_names(model, endpoint)))
     onnx.helper.set_model_props(proto, runtime.encode_metadata(values))
