@@ -122,8 +122,8 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR):
     arch, params, latent = architecture(preset)
     use, limits = USE_AND_LIMITS.get(preset.model, ("", ""))
     lines = ["## {}".format(preset.name), "",
-             "{} Family `{}`: {}".format(preset.description[0].upper() + preset.description[1:] + ".",
-                                         preset.model, describe_models()[preset.model]), "",
+             "`{}`: {}. Family `{}`: {}".format(preset.name, preset.description, preset.model,
+                                                describe_models()[preset.model]), "",
              "- Parameters: {:,}; code size {}.".format(params, latent),
              "- FLOPs per image (ONNX graph): {}.".format(flops_text(preset.name, throughput)),
              "- Dataset: {}; inputs float32 in [0, 1], NHWC {}.".format(
@@ -140,8 +140,10 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR):
         lines += [
             "Test metrics ({} test images of the real split; trained {} epochs{}):".format(
                 "10,000" if preset.dataset != "cifar10" else "10,000", quality["training"]["epochs"],
-                "" if not timing else ", {:.0f} s/epoch, {:,.0f} images/s on this machine".format(
-                    timing["seconds_per_epoch"], timing["train_images_per_second"])), "",
+                # A training time means little without the machine's load, so it is shown only with it.
+                "" if "load_average" not in timing else
+                ", {:.0f} s/epoch, {:,.0f} images/s, load average {:.1f}".format(
+                    timing["seconds_per_epoch"], timing["train_images_per_second"], timing["load_average"])), "",
             "| metric | value |", "| --- | ---: |"]
         for key in ("sq_error_per_image", "mse_per_pixel", "bce_per_pixel", "psnr_db", "noisy_psnr_db",
                     "denoised_psnr_db"):

@@ -79,7 +79,7 @@ def _fake_results(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     q = {"preset": "deep_ae_fashion_mnist", "model": "deep_ae", "dataset": "fashion_mnist", "latent_dim": 30,
-         "training": {"epochs": 7}, "timing": {"seconds_per_epoch": 12.5, "train_images_per_second": 4321.0},
+         "training": {"epochs": 7}, "timing": {"seconds_per_epoch": 12.5, "train_images_per_second": 4321.0, "load_average": 0.4},
          "run_metrics": {"sq_error_per_image": 5.4321, "mse_per_pixel": 0.00693, "bce_per_pixel": 0.25,
                          "psnr_db": 22.22},
          "reduction": {"sq_error_per_image": 5.4321, "pca_sq_error_per_image": 12.3456, "ratio_to_pca": 0.44},
@@ -108,7 +108,7 @@ def test_cards_render_every_section_from_measured_figures(tmp_path):
     for expected in ("Parameters: 2,837,314", "encoder 3.00 MFLOP", "Architecture", "Dense 1000 relu",
                      "5.432", "12.35", "0.812", "0.790", "gaussian 0.5 12.0 → 22.0 dB", "98,829", "3.21x TF",
                      "encoder.onnx | 1,234 B | `" + "ab" * 32, "Intended use", "Known limits",
-                     "python -m zoo.weights fetch deep_ae_fashion_mnist", "Test CPU", "12 s/epoch"):
+                     "python -m zoo.weights fetch deep_ae_fashion_mnist", "Test CPU", "12 s/epoch", "load average 0.4"):
         assert expected in section, expected
 
 

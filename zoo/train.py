@@ -290,6 +290,8 @@ class _EpochTimer(keras.callbacks.Callback):
         steady = self.seconds[1:] or self.seconds
         per_epoch = float(np.median(steady))
         return {"epochs_timed": len(self.seconds), "seconds_per_epoch": per_epoch,
+                # Other work on the machine slows training: the 5-minute load average says how busy it was.
+                "load_average": os.getloadavg()[1],
                 "first_epoch_seconds": float(self.seconds[0]), "train_images_per_second": num_train / per_epoch,
                 "unit": "wall-clock seconds (median over epochs after the first); images/s over the train split"}
 
