@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Reproduce every committed result for the fashion_mnist presets with one command:
+# train each preset with its defaults on the real Fashion-MNIST, export with the parity check, build release
+# bundles, evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, regenerate MODEL_CARDS.md.
+#   bash benchmarks/reproduce.sh                 (about 2.5 hours on 2 cores, most of it the three conv presets)
+#   PRESETS="deep_ae_fashion_mnist conv_ae_fashion_mnist" bash benchmarks/reproduce.sh
+# Trained runs that already have metrics.json are kept (delete runs/<preset>/ to retrain one).
+# Run the throughput step on an otherwise idle machine: its figures are timings.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-.venv/bin/python}
+PRESETS=${PRESETS:-$($PY -c 'from zoo.presets import list_presets; print(" ".join(p for p in list_presets() if p.endswith("_fashion_mnist")))')}
+
+$PY -m zoo.data fashion_mnist   # says how to get the data if it is missing (apt-get install -y dataset-fashion-mnist)
+for preset in $PRESETS; do
+  if [ ! -f "runs/$preset/metrics.json" ]; then
+    $PY -m zoo.train "$preset" --quiet
+  fi
+  [ -f "runs/$preset/export/parity.json" ] || $PY -m export "runs/$preset" --quiet
+done
+RUN_DIRS=$(for p in $PRESETS; do printf 'runs/%s ' "$p"; done)
+# shellcheck disable=SC2086
+$PY -m export.release $RUN_DIRS --out dist --quiet
+mkdir -p benchmarks/results/releases
+for p in $PRESETS; do cp "dist/$p/manifest.json" "benchmarks/results/releases/$p.json"; done
+# shellcheck disable=SC2086
+$PY -m benchmarks.quality $PRESETS
+# shellcheck disable=SC2086
+$PY -m benchmarks.throughput $RUN_DIRS --max-seconds 0.5 --out benchmarks/results/
+$PY -m benchmarks.cards
+echo "Results in benchmarks/results/ and MODEL_CARDS.md"
