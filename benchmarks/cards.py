@@ -116,10 +116,10 @@ def release_lines(name, dist_dir, results_dir=RESULTS_DIR):
     return lines
 
 
-def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR):
+def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=None):
     from zoo.registry import describe_models
 
-    arch, params, latent = architecture(preset)
+    arch, params, latent = arch or architecture(preset)
     use, limits = USE_AND_LIMITS.get(preset.model, ("", ""))
     lines = ["## {}".format(preset.name), "",
              "`{}`: {}. Family `{}`: {}".format(preset.name, preset.description, preset.model,
@@ -194,10 +194,10 @@ def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
         q = quality.get(name)
         enc = next((r for r in (throughput or {}).get("rows", []) if r["model"] == name and r["part"] == "encoder"
                     and r["batch_size"] == 1024), None)
-        section = card(preset, q, throughput, dist_dir, results_dir)
-        params = section[[i for i, s in enumerate(section) if s.startswith("- Parameters")][0]].split(";")[0]
+        arch = architecture(preset)
+        section = card(preset, q, throughput, dist_dir, results_dir, arch)
         lines.append("| [{0}](#{0}) | {1} | {2} | {3} | {4} | {5} |".format(
-            name, params.replace("- Parameters: ", ""),
+            name, "{:,}".format(arch[1]),
             _fmt(q and q["reduction"]["sq_error_per_image"], "{:.2f}"),
             _fmt(q and q["reduction"]["ratio_to_pca"], "{:.2f}x"),
             _fmt(q and q["retrieval"]["precision_at_10"], "{:.3f}"),

@@ -99,7 +99,8 @@ def denoising_rows(model, images):
 
 
 def latent_figure(path, codes, labels, class_names, title):
-    from zoo.figures import plt, atomic_path
+    from zoo.fileio import atomic_path
+    from zoo.figures import plt
 
     xy = PCA(n_components=2).fit_transform(codes) if codes.shape[1] > 2 else codes
     fig, ax = plt.subplots(figsize=(6, 5))

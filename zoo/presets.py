@@ -28,13 +28,13 @@ class Preset:
 
 # One recipe per family; a preset is the recipe on a dataset, with the dataset's image shape.
 _RECIPES = {
-    "ae": dict(description="one sigmoid code layer of 30 units, squared error",
+    "ae": dict(description="one sigmoid code layer of {latent_dim} units, squared error",
                model_config=dict(latent_dim=30), epochs=30, learning_rate=2e-3),
-    "linear_ae": dict(description="30-d linear code, squared error; matches PCA-30",
+    "linear_ae": dict(description="{latent_dim}-d linear code, squared error; matches PCA-{latent_dim}",
                       model_config=dict(latent_dim=30), epochs=30, learning_rate=2e-3),
     "deep_ae": dict(description="784-1000-500-250-30 ReLU stack (Hinton & Salakhutdinov 2006), squared error",
                     model_config=dict(latent_dim=30), epochs=40),
-    "conv_ae": dict(description="2-stage strided conv encoder, transposed-conv decoder, 30-d code",
+    "conv_ae": dict(description="2-stage strided conv encoder, transposed-conv decoder, {latent_dim}-d code",
                     model_config=dict(latent_dim=30, filters=(32, 64)), epochs=25),
     "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3)",
                 model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=40),
@@ -45,9 +45,9 @@ _RECIPES = {
                       epochs=30, learning_rate=2e-3),
     "contractive_ae": dict(description="30 sigmoid units, contractive penalty weight 0.5",
                            model_config=dict(latent_dim=30, contractive_weight=0.5), epochs=30, learning_rate=2e-3),
-    "vae": dict(description="Dense VAE 512-256, 30-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
+    "vae": dict(description="Dense VAE 512-256, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
                 model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=40),
-    "conv_vae": dict(description="conv VAE, 30-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
+    "conv_vae": dict(description="conv VAE, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
                      model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=25),
 }
 _CONV = ("conv_ae", "conv_dae", "conv_vae")
@@ -64,9 +64,8 @@ def _make_presets():
                 # Colour images carry more information per code dimension: widen code and filters.
                 config.update(latent_dim=128, filters=(64, 128))
             name = "{}_{}".format(model, dataset)
-            description = "{} on {}: {}".format(model, _DATASET_NAMES[dataset], recipe["description"])
-            if dataset == "cifar10":
-                description = description.replace("30-d", "128-d").replace("30 units", "128 units")
+            description = "{} on {}: {}".format(model, _DATASET_NAMES[dataset],
+                                                recipe["description"].format(latent_dim=config["latent_dim"]))
             presets[name] = Preset(
                 name=name, model=model, dataset=dataset, description=description, model_config=config,
                 **{k: v for k, v in recipe.items() if k not in ("description", "model_config")},

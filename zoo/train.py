@@ -141,7 +141,7 @@ def _check_resume(out, run_key):
     return False
 
 
-def evaluate(model, images, preset):
+def evaluate(model, images):
     """Test-set metrics; denoising models also report PSNR of noisy input and denoised output."""
     recon = model.reconstruct(images)
     result = metrics.reconstruction_metrics(images, recon)
@@ -222,7 +222,7 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
                                        nan_guard.bad_epoch + 1), settings["learning_rate"]))
 
     test_images = np.concatenate([batch.numpy() for batch in splits.test])
-    result, recon, noisy = evaluate(model, test_images, preset)
+    result, recon, noisy = evaluate(model, test_images)
 
     # Each file is written whole or not at all; metrics.json goes last and marks a complete run.
     with fileio.atomic_path(out / "model.keras") as tmp:
