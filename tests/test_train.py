@@ -131,6 +131,21 @@ def test_presets_cover_every_family_and_dataset():
     for p in presets.PRESETS.values():
         assert p.description and p.epochs > 0 and p.batch_size > 0 and p.learning_rate > 0
         assert tuple(p.model_config["input_shape"]) == data.get_info(p.dataset).image_shape
+        if "filters" in p.model_config:
+            assert "/".join(str(f) for f in p.model_config["filters"]) in p.description
+
+
+def test_denoising_presets_share_the_architecture_of_their_control():
+    from benchmarks.quality import CONTROLS
+
+    noise_only = {"noise", "noise_level"}
+    for denoising, control in CONTROLS.items():
+        for dataset in ("mnist", "fashion_mnist", "cifar10"):
+            name = "{}_{}".format(denoising, dataset)
+            if name not in presets.PRESETS:
+                continue
+            config = {k: v for k, v in presets.PRESETS[name].model_config.items() if k not in noise_only}
+            assert config == presets.PRESETS["{}_{}".format(control, dataset)].model_config, name
 
 
 @pytest.mark.realdata

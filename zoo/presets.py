@@ -34,12 +34,15 @@ _RECIPES = {
                       model_config=dict(latent_dim=30), epochs=30, learning_rate=2e-3),
     "deep_ae": dict(description="784-1000-500-250-30 ReLU stack (Hinton & Salakhutdinov 2006), squared error",
                     model_config=dict(latent_dim=30), epochs=40),
-    "conv_ae": dict(description="2-stage strided conv encoder, transposed-conv decoder, {latent_dim}-d code",
-                    model_config=dict(latent_dim=30, filters=(32, 64)), epochs=25),
+    # 48/96 filters: 32/64 stopped at 0.44 x PCA-30 on Fashion-MNIST, short of the 0.4 target.
+    "conv_ae": dict(description="2-stage strided conv encoder ({filters} filters), transposed-conv decoder, "
+                                "{latent_dim}-d code",
+                    model_config=dict(latent_dim=30, filters=(48, 96)), epochs=25),
     "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3)",
                 model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=40),
-    "conv_dae": dict(description="conv_ae architecture trained on Gaussian noise (stddev 0.3)",
-                     model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=25),
+    "conv_dae": dict(description="conv_ae architecture ({filters} filters) trained on Gaussian noise (stddev 0.3)",
+                     model_config=dict(latent_dim=30, filters=(48, 96), noise="gaussian", noise_level=0.3),
+                     epochs=25),
     "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 1)",
                       model_config=dict(latent_dim=64, sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05),
                       epochs=30, learning_rate=2e-3),
@@ -47,8 +50,9 @@ _RECIPES = {
                            model_config=dict(latent_dim=30, contractive_weight=0.5), epochs=30, learning_rate=2e-3),
     "vae": dict(description="Dense VAE 512-256, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
                 model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=40),
-    "conv_vae": dict(description="conv VAE, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
-                     model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=25),
+    "conv_vae": dict(description="conv VAE ({filters} filters), {latent_dim}-d Gaussian latent, Bernoulli (BCE) "
+                                 "likelihood, beta=1",
+                     model_config=dict(latent_dim=30, filters=(32, 64), beta=1.0, reconstruction_loss="bce"), epochs=25),
 }
 _CONV = ("conv_ae", "conv_dae", "conv_vae")
 _DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
@@ -64,8 +68,9 @@ def _make_presets():
                 # Colour images carry more information per code dimension: widen code and filters.
                 config.update(latent_dim=128, filters=(64, 128))
             name = "{}_{}".format(model, dataset)
-            description = "{} on {}: {}".format(model, _DATASET_NAMES[dataset],
-                                                recipe["description"].format(latent_dim=config["latent_dim"]))
+            summary = recipe["description"].format(
+                latent_dim=config["latent_dim"], filters="/".join(str(f) for f in config.get("filters", ())))
+            description = "{} on {}: {}".format(model, _DATASET_NAMES[dataset], summary)
             presets[name] = Preset(
                 name=name, model=model, dataset=dataset, description=description, model_config=config,
                 **{k: v for k, v in recipe.items() if k not in ("description", "model_config")},
