@@ -117,6 +117,7 @@ def release_lines(name, dist_dir, results_dir=RESULTS_DIR):
 
 
 def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=None):
+    from zoo.data import get_info
     from zoo.registry import describe_models
 
     arch, params, latent = arch or architecture(preset)
@@ -139,7 +140,7 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=No
         timing = quality.get("timing") or {}
         lines += [
             "Test metrics ({} test images of the real split; trained {} epochs{}):".format(
-                "10,000" if preset.dataset != "cifar10" else "10,000", quality["training"]["epochs"],
+                "{:,}".format(get_info(preset.dataset).num_test), quality["training"]["epochs"],
                 # A training time means little without the machine's load, so it is shown only with it.
                 "" if "load_average" not in timing else
                 ", {:.0f} s/epoch, {:,.0f} images/s, load average {:.1f}".format(

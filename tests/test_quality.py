@@ -79,7 +79,8 @@ def _fake_results(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     q = {"preset": "deep_ae_fashion_mnist", "model": "deep_ae", "dataset": "fashion_mnist", "latent_dim": 30,
-         "training": {"epochs": 7}, "timing": {"seconds_per_epoch": 12.5, "train_images_per_second": 4321.0, "load_average": 0.4},
+         "training": {"epochs": 7},
+         "timing": {"seconds_per_epoch": 12.5, "train_images_per_second": 4321.0, "load_average": 0.4},
          "run_metrics": {"sq_error_per_image": 5.4321, "mse_per_pixel": 0.00693, "bce_per_pixel": 0.25,
                          "psnr_db": 22.22},
          "reduction": {"sq_error_per_image": 5.4321, "pca_sq_error_per_image": 12.3456, "ratio_to_pca": 0.44},
