@@ -195,7 +195,33 @@ def markdown(results):
         control = " (control for {})".format(
             ", ".join(k for k, v in CONTROLS.items() if v == r["model"])) if r["model"] in CONTROLS.values() else ""
         lines.append("| {}{} | {} |".format(r["preset"], control, " | ".join(cells)))
+    notes = control_recipe_differences(results)
+    if notes:
+        lines += [""] + ["- " + n for n in notes]
     return "\n".join(lines) + "\n"
+
+
+RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "seed", "reconstruction_loss", "limit")
+
+
+def control_recipe_differences(results):
+    """One sentence per denoising run whose control was trained with another recipe.
+
+    The control shares the architecture (tests/test_train.py checks the presets) but its training
+    recipe may differ; a reader comparing the two rows must know that.
+    """
+    by_key = {(r["model"], r["dataset"]): r for r in results}
+    notes = []
+    for r in results:
+        control = by_key.get((CONTROLS.get(r["model"]), r["dataset"]))
+        if control is None:
+            continue
+        differ = ["{} {} vs {}".format(key.replace("_", " "), r["training"].get(key), control["training"].get(key))
+                  for key in RECIPE_KEYS if r["training"].get(key) != control["training"].get(key)]
+        if differ:
+            notes.append("{} and its control {} were trained with different recipes ({}, in that order).".format(
+                r["preset"], control["preset"], "; ".join(differ)))
+    return notes
 
 
 def write_results(results, out_dir):

@@ -70,6 +70,24 @@ def test_quality_run_writes_tables_and_figures(trained_runs, tmp_path):
     assert (out / "quality.csv").read_text().count("\n") == 3
 
 
+def test_quality_table_says_when_a_control_was_trained_differently():
+    def result(preset, model, epochs):
+        return {"preset": preset, "model": model, "dataset": "mnist", "latent_dim": 30,
+                "training": {"epochs": epochs, "batch_size": 128, "learning_rate": 1e-3, "seed": 1},
+                "reduction": {"sq_error_per_image": 1.0, "pca_sq_error_per_image": 2.0, "ratio_to_pca": 0.5},
+                "retrieval": {"precision_at_10": 0.5, "pixels_precision_at_10": 0.5, "pca_precision_at_10": 0.5},
+                "denoising": []}
+
+    same = [result("conv_ae_mnist", "conv_ae", 25), result("conv_dae_mnist", "conv_dae", 25)]
+    assert quality.control_recipe_differences(same) == []
+    differ = [result("conv_ae_mnist", "conv_ae", 40), result("conv_dae_mnist", "conv_dae", 25),
+              result("dae_mnist", "dae", 40)]  # no deep_ae_mnist result: nothing to compare with
+    assert quality.control_recipe_differences(differ) == [
+        "conv_dae_mnist and its control conv_ae_mnist were trained with different recipes (epochs 25 vs 40, "
+        "in that order)."]
+    assert "conv_dae_mnist and its control conv_ae_mnist" in quality.markdown(differ)
+
+
 def test_quality_names_missing_runs(tmp_path, capsys):
     assert quality.main(["deep_ae_mnist", "--runs-dir", str(tmp_path)]) == 2
     assert "python -m zoo.train deep_ae_mnist" in capsys.readouterr().err
