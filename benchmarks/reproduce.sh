@@ -2,7 +2,7 @@
 # Reproduce every committed result for the fashion_mnist presets with one command:
 # train each preset with its defaults on the real Fashion-MNIST, export with the parity check, build release
 # bundles, evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, regenerate MODEL_CARDS.md.
-#   bash benchmarks/reproduce.sh                 (about 4 hours on 2 cores, most of it the three conv presets)
+#   bash benchmarks/reproduce.sh                 (about 5 hours on 2 cores, most of it the three conv presets)
 #   PRESETS="deep_ae_fashion_mnist conv_ae_fashion_mnist" bash benchmarks/reproduce.sh
 # Trained runs that already have metrics.json are kept (delete runs/<preset>/ to retrain one).
 # Run the throughput step on an otherwise idle machine: its figures are timings.

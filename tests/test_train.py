@@ -135,17 +135,24 @@ def test_presets_cover_every_family_and_dataset():
             assert "/".join(str(f) for f in p.model_config["filters"]) in p.description
 
 
-def test_denoising_presets_share_the_architecture_of_their_control():
+def test_denoising_presets_share_the_architecture_and_recipe_of_their_control():
+    # The denoising table compares a denoiser with its control: only the noise may differ between them.
     from benchmarks.quality import CONTROLS
 
     noise_only = {"noise", "noise_level"}
+    checked = 0
     for denoising, control in CONTROLS.items():
         for dataset in ("mnist", "fashion_mnist", "cifar10"):
             name = "{}_{}".format(denoising, dataset)
             if name not in presets.PRESETS:
                 continue
-            config = {k: v for k, v in presets.PRESETS[name].model_config.items() if k not in noise_only}
-            assert config == presets.PRESETS["{}_{}".format(control, dataset)].model_config, name
+            ours, theirs = presets.PRESETS[name], presets.PRESETS["{}_{}".format(control, dataset)]
+            config = {k: v for k, v in ours.model_config.items() if k not in noise_only}
+            assert config == theirs.model_config, name
+            for key in ("epochs", "batch_size", "learning_rate", "seed"):
+                assert getattr(ours, key) == getattr(theirs, key), (name, key)
+            checked += 1
+    assert checked >= 5
 
 
 @pytest.mark.realdata

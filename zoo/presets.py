@@ -39,11 +39,12 @@ _RECIPES = {
     "conv_ae": dict(description="2-stage strided conv encoder ({filters} filters), transposed-conv decoder, "
                                 "{latent_dim}-d code",
                     model_config=dict(latent_dim=30, filters=(48, 96)), epochs=40),
+    # A denoiser keeps its control's architecture and recipe (tests/test_train.py): only the noise differs.
     "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3)",
                 model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=40),
     "conv_dae": dict(description="conv_ae architecture ({filters} filters) trained on Gaussian noise (stddev 0.3)",
                      model_config=dict(latent_dim=30, filters=(48, 96), noise="gaussian", noise_level=0.3),
-                     epochs=25),
+                     epochs=40),
     "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 1)",
                       model_config=dict(latent_dim=64, sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05),
                       epochs=30, learning_rate=2e-3),
