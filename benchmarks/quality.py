@@ -207,8 +207,8 @@ RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "seed", "reconstruction_
 def control_recipe_differences(results):
     """One sentence per denoising run whose control was trained with another recipe.
 
-    The control shares the architecture (tests/test_train.py checks the presets) but its training
-    recipe may differ; a reader comparing the two rows must know that.
+    The presets share architecture and recipe (tests/test_train.py checks them), but runs can still
+    differ (--epochs, --limit, an older preset); a reader comparing the two rows must know that.
     """
     by_key = {(r["model"], r["dataset"]): r for r in results}
     notes = []
