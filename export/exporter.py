@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -23,7 +24,7 @@ from export import runtime
 from zoo.fileio import atomic_dir
 from zoo import data as zoo_data
 from zoo import fileio
-from zoo.errors import ZooError
+from zoo.errors import ZooError, run_cli
 
 FORMATS = ("savedmodel", "onnx")
 DEFAULT_OPSET = 17
@@ -37,6 +38,9 @@ METADATA_VERSION = 1
 # Endpoint name -> ONNX file. `reconstruct` comes first: ExportArchive makes the first endpoint serving_default.
 ENDPOINTS = {"reconstruct": "autoencoder.onnx", "encode": "encoder.onnx", "decode": "decoder.onnx"}
 ROLES = {"encode": "encoder", "decode": "decoder", "reconstruct": "autoencoder"}
+EXPORT_KIND = "export"  # the marker kind of an export dir (zoo.fileio.MARKER)
+HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
+EXPORT_FILES = (SAVEDMODEL_DIR, PARITY_FILE, *ENDPOINTS.values())  # what an unmarked aezoo 0.1 export dir held
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +74,32 @@ class Run:
 # --- the run dir -------------------------------------------------------------------------------------
 
 
+def _train_hint(path):
+    """A command that would make the run dir `path`."""
+    from zoo.presets import PRESETS
+
+    name = Path(path).name
+    if name in PRESETS:
+        default = Path(RUNS_DIR) / name
+        return "python -m zoo.train {}{}".format(name, "" if Path(path) == default else " --out {}".format(path))
+    return "python -m zoo.train PRESET --out {} (python -m zoo.train --list shows the presets)".format(path)
+
+
 def resolve_run_dir(run_dir):
     """A run dir path, or a preset name standing for runs/<preset>/."""
     path = Path(run_dir)
     if path.is_dir():
         missing = [f for f in RUN_FILES if not (path / f).is_file()]
         if missing:
-            raise ExportError("{} is not a finished run dir: it lacks {}. Train it with "
-                              "`python -m zoo.train PRESET --out {}`.".format(path, ", ".join(missing), path))
+            raise ExportError("{} is not a finished run dir: it lacks {}. Train it with `{}`.".format(
+                path, ", ".join(missing), _train_hint(path)))
         return path
     by_name = Path(RUNS_DIR) / str(run_dir)
     if re.fullmatch(r"[A-Za-z0-9_.-]+", str(run_dir)) and by_name.is_dir():
         return resolve_run_dir(by_name)
-    raise ExportError("No run dir {} (nor {}/). Give the folder `python -m zoo.train` wrote, or train the preset "
-                      "first: `python -m zoo.train {}`.".format(path, by_name, run_dir))
+    raise ExportError("No run dir {}{}. Give the folder `python -m zoo.train` wrote, or train one first: `{}`.".format(
+        path, "" if path == by_name else " (nor {}/)".format(by_name),
+        _train_hint(by_name if re.fullmatch(r"[A-Za-z0-9_]+", str(run_dir)) else path)))
 
 
 def _read_json(path, required):
@@ -102,6 +118,10 @@ def load_run(run_dir):
     path = resolve_run_dir(run_dir)
     config = _read_json(path / "config.json", required=True)
     metrics = _read_json(path / "metrics.json", required=False)
+    if not zipfile.is_zipfile(path / "model.keras"):
+        raise ExportError("{} is not a readable .keras archive: it is truncated or corrupt ({:,d} bytes). Train the "
+                          "run again (`{}`) or restore the file from a copy.".format(
+                              path / "model.keras", (path / "model.keras").stat().st_size, _train_hint(path)))
     try:
         model = keras.models.load_model(path / "model.keras")
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
@@ -420,7 +440,12 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
     opset = int(opset)
     _check_opset(opset)
     run = load_run(run_dir)
-    out = Path(out) if out is not None else run.dir / "export"
+    default_out = run.dir / "export"
+    out = Path(out) if out is not None else default_out
+    if out.resolve() != default_out.resolve() and fileio.overlaps(out, run.dir):
+        raise ExportError("--out {} overlaps the run dir {} that is being exported; choose a folder outside it (or "
+                          "leave --out out: the export then goes to {}).".format(out, run.dir, default_out))
+    fileio.check_replaceable(out, EXPORT_KIND, EXPORT_FILES, HOW_TO_REPLACE)
     if images is None:
         images, inputs = parity_images(run, data_dir)
     else:
@@ -442,7 +467,7 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
 
 def _export(run, formats, opset, out, images, inputs, tolerance, say):
     meta = metadata(run, opset)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, EXPORT_KIND, EXPORT_FILES, HOW_TO_REPLACE) as tmp:
         files = {}
         if "savedmodel" in formats:
             say("SavedModel -> {}".format(out / SAVEDMODEL_DIR))
@@ -487,10 +512,10 @@ def main(argv=None):
                                            "(default: where the run's data came from)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         export_run(args.run_dir, formats=args.formats, opset=args.opset, out=args.out, data_dir=args.data_dir,
                    verbose=0 if args.quiet else 1)
-    except ZooError as exc:
-        print("error: {}".format(exc), file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")

@@ -15,7 +15,7 @@ from pathlib import Path
 from export import exporter, runtime
 from zoo.fileio import atomic_dir
 from zoo import fileio
-from zoo.errors import ZooError
+from zoo.errors import ZooError, run_cli
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -23,6 +23,9 @@ INDEX = "index.json"
 SAVEDMODEL_ARCHIVE = "savedmodel.tar.gz"
 MANIFEST_VERSION = 1
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
+RELEASE_KIND, BUNDLE_KIND = "release", "bundle"  # marker kinds (zoo.fileio.MARKER) of OUT/ and OUT/<preset>/
+BUNDLE_FILES = (MANIFEST, SUMS, SAVEDMODEL_ARCHIVE, "model.keras", *exporter.ENDPOINTS.values())  # an 0.1 bundle
+HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
 
 
 class ReleaseError(ZooError):
@@ -99,6 +102,8 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OP
     """
     run_dir = exporter.resolve_run_dir(run_dir)
     preset = _preset_of(run_dir)
+    _check_out(out, [run_dir])
+    fileio.check_replaceable(Path(out) / preset, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE)
     config = json.loads((run_dir / "config.json").read_text())
     export_dir = run_dir / "export"
     if reexport or not _export_is_current(run_dir, export_dir, opset):
@@ -109,7 +114,7 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OP
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
 
     dest = Path(out) / preset
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE) as tmp:
         files = []
         for endpoint in ("encode", "decode", "reconstruct"):
             name = exporter.ENDPOINTS[endpoint]
@@ -155,6 +160,22 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OP
     return dest
 
 
+def _check_out(out, run_dirs):
+    """OUT must be new, empty, a release folder aezoo made, and apart from every run it bundles."""
+    out = Path(out)
+    for run_dir in run_dirs:
+        if fileio.overlaps(out, run_dir):
+            raise ReleaseError("--out {} overlaps the run dir {} that is being released; choose a folder outside "
+                               "it, e.g. dist/.".format(out, run_dir))
+    if out.is_dir() and fileio.marker_kind(out) != RELEASE_KIND:
+        # An unmarked release of aezoo 0.1: index.json and bundle folders only.
+        legacy = all(p.name == INDEX or (p.is_dir() and (p / MANIFEST).is_file()) for p in out.iterdir())
+        if not legacy:
+            fileio.check_replaceable(out, RELEASE_KIND, how=HOW_TO_REPLACE)
+    elif out.exists() and not out.is_dir():
+        raise ReleaseError("--out {} is a file, not a folder.".format(out))
+
+
 def _onnx_props(path):
     import onnx
 
@@ -191,10 +212,12 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OPSET
         if preset in seen:
             raise ReleaseError("{} and {} are both preset {}; release one of them.".format(seen[preset], path, preset))
         seen[preset] = path
+    _check_out(out, list(seen.values()))
     bundles = {}
     for preset, path in seen.items():
         bundles[preset] = release_run(path, out, data_dir=data_dir, opset=opset, reexport=reexport, verbose=verbose)
     write_index(out)
+    fileio.write_marker(out, RELEASE_KIND)
     return bundles
 
 
@@ -209,13 +232,14 @@ def main(argv=None):
     parser.add_argument("--reexport", action="store_true", help="export again even if RUN_DIR/export/ is current")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         release(args.run_dirs, args.out, data_dir=args.data_dir, opset=args.opset, reexport=args.reexport,
                 verbose=0 if args.quiet else 1)
-    except ZooError as exc:
-        print("error: {}".format(exc), file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body, interrupted="Interrupted; bundles already written are whole, the one in progress was not "
+                                     "written. Run the command again to finish.")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class InputError(InferenceError, ValueError):
     """Images or codes have the wrong shape, dtype or range for the model."""
 
 
+class OutputError(InferenceError):
+    """The result cannot be written where it was asked to go."""
+
+
 def encode_metadata(values):
     """{short key: value} -> ONNX metadata_props strings (used by the exporter)."""
     props = {}
@@ -316,14 +320,27 @@ def read_pngs(files, image_shape):
 
 
 def save_array(path, array):
-    """np.save, atomically: a partial file never appears under the final name."""
+    """np.save, atomically: a partial file never appears under the final name. The file gets the permissions
+    a plain open() would give (mkstemp's are private)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".npy")
+    if path.is_dir():
+        raise OutputError("--out {} is a folder; give a file name, e.g. {}.".format(path, path / "codes.npy"))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".npy")
+    except OSError as exc:
+        raise OutputError("Cannot write {}: {}. Choose an --out in a folder you can write to.".format(
+            path, exc.strerror or exc)) from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError("Cannot write {}: {}; nothing was written there. Free some space or choose another --out."
+                          .format(path, exc.strerror or exc)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -391,6 +408,9 @@ def main(argv=None):
     except InferenceError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted; nothing was written.", file=sys.stderr)
+        return 130
     print("wrote {} {} to {}".format(result.dtype, result.shape, args.out))
     return 0
 

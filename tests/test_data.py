@@ -151,7 +151,8 @@ def test_load_from_idx_dir(idx_dir):
     assert splits.source == "idx:{}".format(idx_dir)
     assert splits.info is data.DATASETS["mnist"]
     assert (splits.num_train, splits.num_val, splits.num_test) == (180, 20, 50)
-    for ds, n in ((splits.train, 180), (splits.val, 20), (splits.test, 50)):
+    assert splits.steps_per_epoch == 6
+    for ds, n in ((splits.train(0, 1), 180), (splits.val, 20), (splits.test, 50)):
         batches = list(ds)
         assert all(b.dtype == tf.float32 and b.shape[1:] == (28, 28, 1) for b in batches)
         assert batches[0].shape[0] == min(32, n)
@@ -161,8 +162,8 @@ def test_load_from_idx_dir(idx_dir):
     # Validation is the last 10% of train, in order; test is untouched.
     np.testing.assert_array_equal(first_pixels(splits.val), np.arange(180, 200))
     np.testing.assert_array_equal(first_pixels(splits.test), np.arange(50))
-    assert sorted(first_pixels(splits.train)) == list(range(180))
-    policy = splits.train.options().experimental_distribute.auto_shard_policy
+    assert sorted(first_pixels(splits.train(0, 1))) == list(range(180))
+    policy = splits.train(0, 1).options().experimental_distribute.auto_shard_policy
     assert policy == tf.data.experimental.AutoShardPolicy.DATA
 
 
@@ -175,24 +176,30 @@ def test_pipeline_matches_normalize(idx_dir):
         data.normalize(np.zeros(3, np.float32))
 
 
-def test_shuffle_is_deterministic_per_seed(idx_dir):
-    def epochs(seed):
-        train = data.load("mnist", batch_size=64, seed=seed, data_dir=idx_dir).train
-        return first_pixels(train), first_pixels(train)
+def test_shuffle_is_deterministic_per_seed_and_epoch(idx_dir):
+    def epochs(seed, first=0, count=2):
+        train = data.load("mnist", batch_size=64, seed=seed, data_dir=idx_dir).train(first, first + count)
+        pixels = first_pixels(train)
+        return [pixels[i * 180:(i + 1) * 180] for i in range(count)]
 
     first, second = epochs(7)
     again_first, again_second = epochs(7)
     np.testing.assert_array_equal(first, again_first)
     np.testing.assert_array_equal(second, again_second)
+    assert sorted(first) == sorted(second) == list(range(180))  # each epoch is a whole permutation
     assert not np.array_equal(first, second)  # reshuffled each epoch
     assert not np.array_equal(first, epochs(8)[0])
+    # A run resumed at epoch 1 sees epoch 1's order, as an uninterrupted run does.
+    np.testing.assert_array_equal(epochs(7, first=1, count=1)[0], second)
+    batches = [b.shape[0] for b in data.load("mnist", batch_size=64, seed=7, data_dir=idx_dir).train(0, 2)]
+    assert batches == [64, 64, 52] * 2  # every epoch ends with its own partial batch
 
 
 def test_limit(idx_dir):
     splits = data.load("mnist", batch_size=16, seed=0, data_dir=idx_dir, limit=50)
     # Validation keeps at least 32 images, here capped by the 20 available.
     assert (splits.num_train, splits.num_val, splits.num_test) == (50, 20, 50)
-    assert sorted(first_pixels(splits.train)) == list(range(50))
+    assert sorted(first_pixels(splits.train(0, 1))) == list(range(50))
 
     arrays = data.load_arrays("mnist", "train", data_dir=idx_dir, limit=7)
     assert arrays.images.shape == (7, 28, 28, 1) and arrays.images.dtype == np.uint8
@@ -277,9 +284,9 @@ def test_tfds_prepared_source(tmp_path, monkeypatch, idx_dir, name, shape):
         splits = data.load(name, batch_size=16, seed=0)
         arrays = data.load_arrays(name, "test", limit=5)
     assert splits.source == "tfds:{}".format(prepared)
-    # mock_data yields num_examples for any split or slice.
-    assert (splits.num_train, splits.num_val, splits.num_test) == (40, 40, 40)
-    batch = next(iter(splits.train))
+    # mock_data yields num_examples for any split; the last 10% of train is validation.
+    assert (splits.num_train, splits.num_val, splits.num_test) == (36, 4, 40)
+    batch = next(iter(splits.train(0, 1)))
     assert batch.shape == (16, *shape) and batch.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(batch)) and float(tf.reduce_max(batch)) <= 1.0
     assert [b.shape[0] for b in splits.test] == [16, 16, 8]
@@ -302,7 +309,7 @@ def test_tfds_download_is_the_last_resort(monkeypatch, isolated_sources):
         splits = data.load("mnist", batch_size=5, seed=0)
     assert splits.source.startswith("tfds-download:")
     assert probed == [data.DOWNLOAD_HOSTS["mnist"]]
-    assert next(iter(splits.train)).shape == (5, 28, 28, 1)
+    assert next(iter(splits.train(0, 1))).shape == (5, 28, 28, 1)
 
 
 # --- zoo.data: offline -----------------------------------------------------------------------------

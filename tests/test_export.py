@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 import zoo
+from zoo import fileio
 from export import exporter, release, runtime
 from tests.helpers import write_idx_dir, write_run_dir
 
@@ -58,7 +59,7 @@ def test_export_every_family_to_both_formats_with_parity(family, exports):
     out = run / "export"
     assert result.out == out
     assert sorted(p.name for p in out.iterdir()) == [
-        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json", "savedmodel"]
+        fileio.MARKER, "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json", "savedmodel"]
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
     parity = json.loads((out / "parity.json").read_text())
@@ -176,7 +177,7 @@ def test_onnx_only_export_with_other_opset_and_out(exports, tmp_path):
     run, _ = exports("linear_ae")
     result = exporter.export_run(run, formats=["onnx"], opset=15, out=tmp_path / "x", verbose=0)
     assert sorted(p.name for p in result.out.iterdir()) == [
-        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json"]
+        fileio.MARKER, "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json"]
     model = onnx.load(str(result.out / "encoder.onnx"))
     assert any(o.domain in ("", "ai.onnx") and o.version == 15 for o in model.opset_import)
     assert result.parity["opset"] == 15 and result.parity["formats"] == ["onnx"]
@@ -191,7 +192,8 @@ def test_preset_name_resolves_to_runs_dir(exports, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["nowhere_at_all"], "No run dir nowhere_at_all.*python -m zoo.train nowhere_at_all"),
+    (["nowhere_at_all"], "No run dir nowhere_at_all.*python -m zoo.train PRESET --out runs/nowhere_at_all"),
+    (["ae_mnist"], "No run dir ae_mnist.*`python -m zoo.train ae_mnist`"),
     (["{run}", "--formats", "onnx,tflite"], "Unknown export format.*tflite.*savedmodel, onnx"),
     (["{run}", "--opset", "99"], "--opset 99 is not supported"),
     (["{empty}"], "not a finished run dir: it lacks model.keras, config.json"),
@@ -233,7 +235,8 @@ def test_release_bundle_has_checksummed_files_and_index(exports, tmp_path):
     bundles = release.release(runs, tmp_path / "dist", verbose=0)
     assert sorted(bundles) == ["conv_vae_mnist", "dae_mnist"]
     for preset, bundle in bundles.items():
-        names = sorted(p.name for p in bundle.iterdir())
+        assert fileio.marker_kind(bundle) == release.BUNDLE_KIND
+        names = sorted(p.name for p in bundle.iterdir() if p.name != fileio.MARKER)
         assert names == ["SHA256SUMS", "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "manifest.json",
                          "model.keras", "savedmodel.tar.gz"]
         manifest = json.loads((bundle / "manifest.json").read_text())

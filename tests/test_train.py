@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from zoo import data, presets, train
+from zoo import data, fileio, presets, train
 from zoo.errors import UnknownNameError, ZooError
 from tests.helpers import write_idx_dir
 
@@ -34,7 +34,8 @@ def test_cli_trains_a_complete_run_dir(preset, idx_dir, tmp_path):
                      "--quiet"])
     assert rc == 0
     assert RUN_FILES <= {p.name for p in out.iterdir()}
-    assert not (out / train.BACKUP_DIR).exists() and not (out / train.PARTIAL_HISTORY).exists()
+    assert not (out / train.BACKUP_DIR).exists() and not (out / fileio.FolderLock.NAME).exists()
+    assert fileio.marker_kind(out) == "run"
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == preset and config["dataset"] == presets.get_preset(preset).dataset
     assert config["data_source"] == "idx:{}".format(idx_dir)

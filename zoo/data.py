@@ -32,13 +32,14 @@ class DatasetInfo:
     num_train: int
     num_test: int
     idx: bool  # distributed as IDX files, so a local folder of them can stand in for tfds
+    mean_pixel: float = None  # mean of the training images in [0, 1]: a check that IDX files are this dataset
 
 
 _DIGITS = tuple(str(i) for i in range(10))
 DATASETS = {
     info.name: info
     for info in (
-        DatasetInfo("mnist", "mnist", (28, 28, 1), 10, _DIGITS, 60000, 10000, idx=True),
+        DatasetInfo("mnist", "mnist", (28, 28, 1), 10, _DIGITS, 60000, 10000, idx=True, mean_pixel=0.1307),
         DatasetInfo(
             "fashion_mnist",
             "fashion_mnist",
@@ -49,6 +50,7 @@ DATASETS = {
             60000,
             10000,
             idx=True,
+            mean_pixel=0.2860,
         ),
         DatasetInfo(
             "cifar10",
@@ -91,16 +93,57 @@ class Arrays:
 
 @dataclasses.dataclass
 class Splits:
-    """The three pipelines of a dataset; each yields float32 image batches in [0, 1], no labels."""
+    """A dataset's three parts in memory (uint8 NHWC) and the pipelines that feed them as float32 in [0, 1].
 
-    train: tf.data.Dataset
-    val: tf.data.Dataset
-    test: tf.data.Dataset
+    The training order of epoch e is a permutation drawn from (seed, e) alone, so a run resumed at
+    epoch e sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    fit_images: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
     info: DatasetInfo
     source: str
-    num_train: int
-    num_val: int
-    num_test: int
+    batch_size: int
+    seed: int
+
+    @property
+    def num_train(self):
+        return len(self.fit_images)
+
+    @property
+    def num_val(self):
+        return len(self.val_images)
+
+    @property
+    def num_test(self):
+        return len(self.test_images)
+
+    @property
+    def steps_per_epoch(self):
+        return -(-self.num_train // self.batch_size)
+
+    def train(self, first_epoch, epochs):
+        """Epochs first_epoch..epochs-1 back to back, each reshuffled from (seed, epoch), one batch per step."""
+        images = tf.constant(self.fit_images)
+        n, batch_size = self.num_train, self.batch_size
+        seed = tf.constant(self.seed, tf.int64)
+
+        def epoch(e):
+            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, e]))
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+        ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
+        ds = ds.map(lambda i: tf.cast(tf.gather(images, i), tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+        return _with_options(ds.prefetch(tf.data.AUTOTUNE))
+
+    @property
+    def val(self):
+        return _pipeline(self.val_images, self.batch_size)
+
+    @property
+    def test(self):
+        return _pipeline(self.test_images, self.batch_size)
 
 
 def get_info(name):
@@ -291,9 +334,27 @@ def _check_image_shape(info, images, source):
         )
 
 
+MEAN_PIXEL_TOLERANCE = 0.05  # MNIST's and Fashion-MNIST's means differ by 0.155; a split's mean is within 0.002
+MIN_IMAGES_FOR_STATISTICS = 1000
+
+
+def _check_statistics(info, images, where):
+    """Warn when IDX files look like another dataset (IDX files do not say which dataset they hold)."""
+    if info.mean_pixel is None or len(images) < MIN_IMAGES_FOR_STATISTICS:
+        return
+    mean = float(images.mean()) / 255.0
+    if abs(mean - info.mean_pixel) > MEAN_PIXEL_TOLERANCE:
+        others = [other.name for other in DATASETS.values() if other.mean_pixel is not None and other is not info
+                  and abs(mean - other.mean_pixel) <= MEAN_PIXEL_TOLERANCE]
+        logger.warning("%s: the images' mean pixel is %.3f, but %s images average %.3f%s. Check that these files "
+                       "are %s.", where, mean, info.name, info.mean_pixel,
+                       " (they look like {})".format(" or ".join(others)) if others else "", info.name)
+
+
 def _idx_split(info, source, split):
     images, labels = idx.load_idx_split(source.path, split)
     _check_image_shape(info, images, source.description)
+    _check_statistics(info, images, "{} {} split".format(source.description, split))
     return images, labels
 
 
@@ -334,33 +395,27 @@ def _val_limit(limit, val_fraction):
     return max(32, int(round(limit * val_fraction / (1 - val_fraction))))
 
 
-def _count(ds):
-    n = int(ds.cardinality())
-    if n >= 0:
-        return n
-    return int(ds.reduce(np.int64(0), lambda c, _: c + 1))
-
-
-def _pipeline(images, batch_size, shuffle_seed=None, shuffle_buffer=None):
-    ds = images.map(lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.cache()
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def _with_options(ds):
     options = tf.data.Options()
     options.deterministic = True
-    # Shard by element: tfds and in-memory sources do not have one file per worker.
+    # Shard by element: in-memory sources do not have one file per worker.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
 
 
-def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1, shuffle_buffer=10000):
-    """Return the train/val/test pipelines of dataset `name`.
+def _pipeline(images, batch_size):
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    ds = ds.map(lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
+    return _with_options(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1):
+    """Return the train/val/test splits of dataset `name`, held in memory.
 
     Validation is the last `val_fraction` of the train split; test is the test split, untouched.
     `limit` keeps the first `limit` training images and the first
     max(32, limit * val_fraction / (1 - val_fraction)) validation images; test stays whole.
-    The training order is shuffled from `seed` and differs per epoch, identically on every run.
+    Each epoch's training order is a permutation drawn from (`seed`, epoch): see Splits.train.
     `data_dir` is a folder of IDX files (mnist, fashion_mnist); it must hold them.
     """
     info = get_info(name)
@@ -374,42 +429,19 @@ def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1,
     if source.kind == "idx":
         train_images, _ = _idx_split(info, source, "train")
         test_images, _ = _idx_split(info, source, "test")
-        num_fit = _num_fit(len(train_images), val_fraction)
-        fit, val = train_images[:num_fit], train_images[num_fit:]
-        if limit is not None:
-            fit, val = fit[:limit], val[: _val_limit(limit, val_fraction)]
-        counts = len(fit), len(val), len(test_images)
-        fit, val, test = (tf.data.Dataset.from_tensor_slices(a) for a in (fit, val, test_images))
     else:
-        builder = source.builder
-        split_info = builder.info.splits.get("train")
-        if split_info is not None:
-            num_fit = _num_fit(split_info.num_examples, val_fraction)
-            fit_spec, val_spec = "train[:{}]".format(num_fit), "train[{}:]".format(num_fit)
-        else:  # split sizes unknown (only seen with mocked tfds): let tfds slice by percent
-            percent = int(round(100 * (1 - val_fraction)))
-            fit_spec, val_spec = "train[:{}%]".format(percent), "train[{}%:]".format(percent)
-
         def images_of(spec):
-            ds = builder.as_dataset(split=spec, as_supervised=True, shuffle_files=False)
-            return ds.map(lambda x, y: x, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = source.builder.as_dataset(split=spec, as_supervised=True, shuffle_files=False)
+            batches = [x for x, _ in tfds.as_numpy(ds.batch(8192))]
+            return np.concatenate(batches).astype(np.uint8, copy=False)
 
-        fit, val, test = images_of(fit_spec), images_of(val_spec), images_of("test")
-        if limit is not None:
-            fit, val = fit.take(limit), val.take(_val_limit(limit, val_fraction))
-        counts = _count(fit), _count(val), _count(test)
-
-    logger.info("%s from %s: %d train, %d val, %d test", name, source.description, *counts)
-    return Splits(
-        train=_pipeline(fit, batch_size, shuffle_seed=seed, shuffle_buffer=shuffle_buffer),
-        val=_pipeline(val, batch_size),
-        test=_pipeline(test, batch_size),
-        info=info,
-        source=source.description,
-        num_train=counts[0],
-        num_val=counts[1],
-        num_test=counts[2],
-    )
+        train_images, test_images = images_of("train"), images_of("test")
+    num_fit = _num_fit(len(train_images), val_fraction)
+    fit, val = train_images[:num_fit], train_images[num_fit:]
+    if limit is not None:
+        fit, val = fit[:limit], val[: _val_limit(limit, val_fraction)]
+    logger.info("%s from %s: %d train, %d val, %d test", name, source.description, len(fit), len(val), len(test_images))
+    return Splits(fit, val, test_images, info, source.description, batch_size, int(seed))
 
 
 def main(argv=None):
@@ -424,11 +456,17 @@ def main(argv=None):
     status = 0
     for name in args.datasets:
         try:
-            arrays = load_arrays(name, "test", data_dir=args.data_dir)
-            print("{}: {} test images from {}".format(name, len(arrays.images), arrays.source))
+            # Every split training reads, each read whole: a truncated train file is found here, not mid-run.
+            counts = {split: load_arrays(name, split, data_dir=args.data_dir) for split in SPLITS}
+            print("{}: {} from {}".format(name, " + ".join("{} {} images".format(len(a.images), split)
+                                                             for split, a in counts.items()),
+                                          counts["test"].source))
         except (DataFormatError, DataUnavailableError, KeyError) as exc:
             print("{}: not available. {}".format(name, exc), file=sys.stderr)
             status = 2
+        except KeyboardInterrupt:
+            print("\nInterrupted.", file=sys.stderr)
+            return 130
     return status
 
 

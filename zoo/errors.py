@@ -1,6 +1,9 @@
 """Errors the zoo raises for bad input: each says what was wrong and how to fix it."""
 
 import difflib
+import errno
+import os
+import sys
 
 
 class ZooError(Exception):
@@ -35,3 +38,50 @@ def unknown_name(kind, name, known):
     else:
         hint = "Known {}s: {}.".format(kind, ", ".join(known))
     return UnknownNameError("Unknown {} {!r}. {}".format(kind, name, hint))
+
+
+# --- errors from a full or read-only disk --------------------------------------------------------------------
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+               "File too large", "errno = 28")
+
+
+def disk_error(exc):
+    """A one-line description if `exc` (or what caused it) is a write refused by the disk, else None.
+
+    h5py and TensorFlow report a full disk in their own exception types; the errno or the C library's
+    text is still in there somewhere.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            where = exc.filename if exc.filename else None
+            return "{}{}".format(os.strerror(exc.errno), " ({})".format(where) if where else "")
+        text = str(exc)
+        for needle in _DISK_TEXTS:
+            if needle in text:
+                return "No space left on device" if needle == "errno = 28" else needle
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_cli(body, interrupted="Interrupted."):
+    """Run a command's `body()` and turn what a user can cause into one line on stderr and an exit code:
+    a ZooError (2), a write the disk refused (1), Ctrl-C (130). Anything else is a bug: it keeps its traceback."""
+    try:
+        return body()
+    except ZooError as exc:
+        print("error: {}".format(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n" + interrupted, file=sys.stderr)
+        return 130
+    except Exception as exc:
+        problem = disk_error(exc)
+        if problem is None:
+            raise
+        print("error: cannot write: {}. Free some space (or fix the permissions) and run the command again; "
+              "no partial file was left under a final name.".format(problem), file=sys.stderr)
+        return 1

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from zoo.errors import ZooError
+
 
 def _default_permissions(path, mode):
     """mkstemp and mkdtemp make private files; give `path` what a plain open() or mkdir() would."""
@@ -15,13 +17,26 @@ def _default_permissions(path, mode):
     os.chmod(path, mode & ~umask)
 
 
+PARTIAL = ".partial-"  # what every temporary file or folder here starts with
+
+
+def remove_partials(folder):
+    """Delete what a killed writer left in `folder`: temporary files and folders that never got their final name.
+    Call it only while holding the folder's lock."""
+    for path in Path(folder).glob(PARTIAL + "*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder (so os.replace is atomic) and same suffix (Keras insists on ".keras").
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-{}-".format(path.stem), suffix=path.suffix)
+    # Same folder (so os.replace is atomic) and the same ending (Keras insists on ".keras", ".weights.h5").
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL, suffix="-" + path.name)
     os.close(fd)
     _default_permissions(tmp, 0o666)
     try:
@@ -43,14 +58,23 @@ def write_json(path, obj):
 
 
 @contextlib.contextmanager
-def atomic_dir(path):
-    """Yield an empty temporary folder beside `path`; it replaces `path` only if the block succeeds."""
+def atomic_dir(path, kind=None, known=(), how=""):
+    """Yield an empty temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    With `kind`, an existing `path` is replaced only if check_replaceable allows it (checked before
+    and again just before the swap), and the new folder carries the marker of `kind`.
+    """
     path = Path(path)
+    if kind is not None:
+        check_replaceable(path, kind, known, how)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".partial-{}-".format(path.name)))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix="{}{}-".format(PARTIAL, path.name)))
     _default_permissions(tmp, 0o777)
     try:
         yield tmp
+        if kind is not None:
+            write_marker(tmp, kind)
+            check_replaceable(path, kind, known, how)  # the user may have put files there meanwhile
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -68,3 +92,91 @@ def replace_dir(src, dest):
     os.replace(src, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# --- output folders this project owns -------------------------------------------------------------------
+
+MARKER = ".aezoo"  # JSON {"kind": ...}: this folder was made by aezoo and may be replaced by the same kind of output
+
+
+class OutputFolderError(ZooError):
+    """An output folder holds something aezoo did not make, or overlaps what is being read."""
+
+
+def write_marker(folder, kind):
+    write_json(Path(folder) / MARKER, {"kind": kind, "note": "made by aezoo; the same command may replace this folder"})
+
+
+def marker_kind(folder):
+    """The kind of aezoo output `folder` is marked as, or None."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_replaceable(folder, kind, known=(), how=""):
+    """Raise OutputFolderError unless `folder` is missing, empty, marked as `kind`, or holds only the
+    names in `known` (the files this kind of output had before folders were marked)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError("{} is a file, not a folder; choose another output folder.".format(folder))
+    if not folder.is_dir() or marker_kind(folder) == kind:
+        return
+    names = {p.name for p in folder.iterdir()}
+    if names and not (known and names <= set(known)):
+        raise OutputFolderError("{} already holds files that aezoo did not write ({}); refusing to replace it. {}".format(
+            folder, ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else ""),
+            how or "Choose an empty or new output folder.").strip())
+
+
+def overlaps(a, b):
+    """Whether folder `a` equals, contains or sits inside folder `b`."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+# --- one writer per folder -----------------------------------------------------------------------------------
+
+
+class FolderLock:
+    """An exclusive lock on a folder: a lock file holding the holder's pid and host, locked with flock.
+
+    The kernel drops a flock when its process dies, so a lock file left by a killed process is stale
+    and simply taken over; a live holder makes `acquire` raise OutputFolderError naming it.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder):
+        self.path = Path(folder) / self.NAME
+        self._fd = None
+
+    def acquire(self):
+        import fcntl
+        import socket
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputFolderError("{} is being written by {}; wait for it to finish or choose another --out."
+                                    .format(self.path.parent, holder)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, "pid {} on {}\n".format(os.getpid(), socket.gethostname()).encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # unlink first: a waiter never locks a file that is going away
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -5,7 +5,10 @@ An interrupted run resumes from its last epoch when started again with the same 
 """
 
 import argparse
+import csv
+import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -19,14 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 import zoo
-from zoo import data, fileio, figures, metrics
-from zoo.errors import ZooError
+from zoo import checkpoint, data, fileio, figures, metrics
+from zoo.errors import ZooError, run_cli
 from zoo.presets import PRESETS, get_preset, list_presets
 from zoo.registry import constructor_arguments
 
 NORMALIZATION = "float32 in [0, 1], NHWC"
-BACKUP_DIR = ".backup"  # BackupAndRestore's checkpoint of the epoch in progress
-PARTIAL_HISTORY = ".history.partial.csv"
+BACKUP_DIR = ".backup"  # checkpoints of the run in progress (zoo.checkpoint)
+LEGACY_PARTIAL_HISTORY = ".history.partial.csv"  # written by aezoo 0.1; removed when found
 EVAL_SEED = 2024  # noise for the denoising metrics is drawn the same way for every run
 
 
@@ -82,6 +85,9 @@ def library_versions():
     }
 
 
+MAX_SEED = 2 ** 32 - 1  # numpy's and TensorFlow's seeding accept 0..2**32-1
+
+
 def resolve(preset, epochs=None, batch_size=None, lr=None, seed=None, limit=None):
     """The training settings: the preset's, overridden by what the caller gave."""
     settings = {
@@ -91,11 +97,13 @@ def resolve(preset, epochs=None, batch_size=None, lr=None, seed=None, limit=None
         "seed": preset.seed if seed is None else int(seed),
         "limit": None if limit is None else int(limit),
     }
-    for key in ("epochs", "batch_size"):
-        if settings[key] < 1:
+    for key in ("epochs", "batch_size", "limit"):
+        if settings[key] is not None and settings[key] < 1:
             raise ZooError("--{} must be at least 1; got {}.".format(key.replace("_", "-"), settings[key]))
-    if not settings["learning_rate"] > 0:
-        raise ZooError("--lr must be positive; got {}.".format(settings["learning_rate"]))
+    if not (math.isfinite(settings["learning_rate"]) and settings["learning_rate"] > 0):
+        raise ZooError("--lr must be a positive finite number, e.g. 1e-3; got {}.".format(settings["learning_rate"]))
+    if not 0 <= settings["seed"] <= MAX_SEED:
+        raise ZooError("--seed must be between 0 and {}; got {}.".format(MAX_SEED, settings["seed"]))
     return settings
 
 
@@ -124,20 +132,79 @@ class _StopOnNaN(keras.callbacks.Callback):
             self.bad_epoch = -1
 
 
+RUN_FILES = ("metrics.json", "model.keras", "config.json", "history.csv", "reconstructions.png")
+COMPLETE = "metrics.json"  # written last: its presence marks a finished run
+
+
+def _run_state(out):
+    """What `out` holds: "new" (missing or empty), "complete", "interrupted", "started" (a run that had not
+    finished an epoch), or "foreign" (files aezoo did not write)."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        return "foreign"
+    names = {p.name for p in out.iterdir()} - {fileio.FolderLock.NAME}  # a lock alone: a writer just began
+    if not names:
+        return "new"
+    if COMPLETE in names and "config.json" in names:
+        return "complete"
+    if BACKUP_DIR in names:
+        return "interrupted"
+    if fileio.marker_kind(out) == "run":
+        return "started"
+    return "foreign"
+
+
+def _check_out(out, overwrite):
+    """Refuse an --out that would lose something, before any work is done."""
+    state = _run_state(out)
+    if state == "foreign":
+        raise fileio.OutputFolderError(
+            "{} already holds files that aezoo did not write; choose an empty or new --out.".format(out))
+    if state == "complete" and not overwrite:
+        raise fileio.OutputFolderError(
+            "{} holds a finished run ({}); pass --overwrite to train again into it, or choose another --out."
+            .format(out, _describe_run(out)))
+    return state
+
+
+def _describe_run(out):
+    try:
+        config = json.loads((out / "config.json").read_text())
+        return "preset {}, {} epochs".format(config.get("preset"), config.get("training", {}).get("epochs"))
+    except (OSError, ValueError, AttributeError):
+        return "its config.json is unreadable"
+
+
+def _clear_old_run(out):
+    """Remove a previous run's files, the completion marker first and its export next, so that a crash
+    part-way never leaves a folder that looks complete but mixes two models."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+        if name == COMPLETE:
+            export_dir = out / "export"
+            if export_dir.is_dir():
+                shutil.rmtree(export_dir)
+    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+    (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
+
+
 def _check_resume(out, run_key):
     """A backup from other settings would resume the wrong run: refuse rather than mix them."""
     key_file = out / BACKUP_DIR / "run_key.json"
     if (out / BACKUP_DIR).exists():
-        previous = json.loads(key_file.read_text()) if key_file.exists() else None
+        try:
+            previous = json.loads(key_file.read_text()) if key_file.exists() else None
+        except (OSError, ValueError):
+            previous = "unreadable"
         if previous != run_key:
             raise ZooError(
                 "{} holds an interrupted run with other settings ({}). Start it again with those settings to "
-                "resume, or delete {} (or choose another --out) to start afresh.".format(
-                    out, previous, out / BACKUP_DIR))
+                "resume, or pass --overwrite (or choose another --out) to start afresh.".format(out, previous))
+        fileio.remove_partials(out / BACKUP_DIR)
         return True
     (out / BACKUP_DIR).mkdir(parents=True)
     fileio.write_json(key_file, run_key)
-    (out / PARTIAL_HISTORY).unlink(missing_ok=True)
     return False
 
 
@@ -167,12 +234,14 @@ def save_figure(path, model, images, recon, noisy, title):
 
 
 def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=None, seed=None, limit=None,
-          verbose=1, callbacks=(), strategy="default"):
+          verbose=1, callbacks=(), strategy="default", overwrite=False):
     """Train `preset` and write its run dir; returns the run dir's Path.
 
     `strategy` is "default" (one device), "mirrored" (this host's devices) or "multiworker"
     (hosts from TF_CONFIG), or a tf.distribute.Strategy. `batch_size` is the global batch, split
     across replicas; the learning rate is used as given (see README for the scaling rule).
+    A run dir that holds a finished run is refused unless `overwrite`; one that holds an interrupted
+    run with the same settings is resumed. One process at a time may write a run dir.
     """
     preset = get_preset(preset)
     settings = resolve(preset, epochs, batch_size, lr, seed, limit)
@@ -182,38 +251,63 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
         strategy_name = type(strategy).__name__
     chief = is_chief(strategy)
     out = Path(out) if out is not None else Path("runs") / preset.name
-    if not chief:
+    if chief:
+        _check_out(out, overwrite)  # before any work, so a refusal costs nothing
+    else:
         # Other workers compute the same steps but must not write where the chief writes.
         out = Path(tempfile.mkdtemp(prefix="aezoo-worker-"))
-    out.mkdir(parents=True, exist_ok=True)
 
     keras.utils.set_random_seed(settings["seed"])
     splits = data.load(preset.dataset, batch_size=settings["batch_size"], seed=settings["seed"],
                        data_dir=data_dir, limit=settings["limit"])
-    steps = -(-splits.num_train // settings["batch_size"])
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with fileio.FolderLock(out):
+            state = _check_out(out, overwrite)  # again: another writer may have finished meanwhile
+            if overwrite and state in ("complete", "interrupted"):
+                _clear_old_run(out)
+            fileio.write_marker(out, "run")
+            fileio.remove_partials(out)
+            (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
+            return _train_locked(preset, settings, splits, out, chief, strategy, strategy_name, data_dir, verbose,
+                                 callbacks)
+    except BaseException:
+        if created and out.is_dir() and checkpoint.read_state(out / BACKUP_DIR) is None \
+                and not (out / COMPLETE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty or half-made folder
+        raise
+
+
+def _warn(message):
+    print("warning: " + message, file=sys.stderr, flush=True)
+
+
+def _train_locked(preset, settings, splits, out, chief, strategy, strategy_name, data_dir, verbose, callbacks):
     with strategy.scope():
         model = build_model(preset, settings["seed"])
         # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
-        schedule = keras.optimizers.schedules.CosineDecay(settings["learning_rate"], steps * settings["epochs"],
-                                                          alpha=0.01)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            settings["learning_rate"], splits.steps_per_epoch * settings["epochs"], alpha=0.01)
         model.compile(optimizer=keras.optimizers.Adam(schedule))
 
     run_key = {"preset": preset.name, **settings, "data_source": splits.source, "strategy": strategy_name,
                "replicas": strategy.num_replicas_in_sync}
     resumed = _check_resume(out, run_key)
+    with strategy.scope():
+        state = checkpoint.restore(model, out / BACKUP_DIR, say=_warn)
+    first_epoch = state["epoch"]
     if verbose:
         print("{} {}: {} ({} train / {} val / {} test images from {})".format(
-            "Resuming" if resumed else "Training", preset.name, preset.description,
-            splits.num_train, splits.num_val, splits.num_test, splits.source), flush=True)
+            "Resuming after epoch {} of".format(first_epoch) if resumed else "Training", preset.name,
+            preset.description, splits.num_train, splits.num_val, splits.num_test, splits.source), flush=True)
 
     nan_guard = _StopOnNaN()
-    timer = _EpochTimer()
-    history_cb = keras.callbacks.CSVLogger(str(out / PARTIAL_HISTORY), append=True)
-    model.fit(
-        splits.train, validation_data=splits.val, epochs=settings["epochs"], verbose=verbose, shuffle=False,
-        callbacks=[keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR)), history_cb, nan_guard, timer,
-                   *callbacks],
-    )
+    saver = checkpoint.Checkpoint(out / BACKUP_DIR, state)
+    if first_epoch < settings["epochs"]:  # a run killed after its last epoch goes straight to the evaluation
+        model.fit(splits.train(first_epoch, settings["epochs"]), steps_per_epoch=splits.steps_per_epoch,
+                  initial_epoch=first_epoch, epochs=settings["epochs"], validation_data=splits.val,
+                  verbose=verbose, shuffle=False, callbacks=[saver, nan_guard, *callbacks])
     if nan_guard.bad_epoch is not None:
         shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
         raise TrainingDiverged("Training {} diverged: the loss became NaN{}. Lower the learning rate "
@@ -221,10 +315,11 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
                                    preset.name, "" if nan_guard.bad_epoch < 0 else " in epoch {}".format(
                                        nan_guard.bad_epoch + 1), settings["learning_rate"]))
 
-    test_images = np.concatenate([batch.numpy() for batch in splits.test])
+    test_images = data.normalize(splits.test_images)
     result, recon, noisy = evaluate(model, test_images)
 
-    # Each file is written whole or not at all; metrics.json goes last and marks a complete run.
+    # Each file is written whole or not at all; metrics.json goes last and marks a complete run. The
+    # checkpoint stays until then, so an interruption here loses no epoch.
     with fileio.atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     config = {
@@ -249,17 +344,16 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
         "versions": library_versions(),
     }
     fileio.write_json(out / "config.json", config)
-    fileio.write_text(out / "history.csv", (out / PARTIAL_HISTORY).read_text())
+    fileio.write_text(out / "history.csv", history_csv(saver.state["history"]))
     save_figure(out / "reconstructions.png", model, test_images, recon, noisy,
                 "{} (test set)".format(preset.name))
-    fileio.write_json(out / "metrics.json", {
+    fileio.write_json(out / COMPLETE, {
         "split": "test",
         "num_images": int(len(test_images)),
         "metrics": result,
         "units": {k: v for k, v in metrics.UNITS.items() if k in result},
-        "timing": timer.summary(splits.num_train),
+        "timing": timing(saver.state["seconds"], splits.num_train),
     })
-    (out / PARTIAL_HISTORY).unlink(missing_ok=True)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     if not chief:
         shutil.rmtree(out, ignore_errors=True)
@@ -270,30 +364,28 @@ def train(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=N
     return out
 
 
-class _EpochTimer(keras.callbacks.Callback):
+def history_csv(history):
+    """Per-epoch logs in the layout of keras.callbacks.CSVLogger: epoch first, then the keys sorted."""
+    keys = sorted({k for row in history for k in row} - {"epoch"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["epoch", *keys], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
+
+
+def timing(seconds, num_train):
     """Wall time per epoch, for the training-throughput figures in metrics.json."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-    def summary(self, num_train):
-        if not self.seconds:
-            return {}
-        # The first epoch includes tracing and filling the tf.data cache; report the rest when there is one.
-        steady = self.seconds[1:] or self.seconds
-        per_epoch = float(np.median(steady))
-        return {"epochs_timed": len(self.seconds), "seconds_per_epoch": per_epoch,
-                # Other work on the machine slows training: the 5-minute load average says how busy it was.
-                "load_average": os.getloadavg()[1],
-                "first_epoch_seconds": float(self.seconds[0]), "train_images_per_second": num_train / per_epoch,
-                "unit": "wall-clock seconds (median over epochs after the first); images/s over the train split"}
+    if not seconds:
+        return {}
+    # The first epoch includes tracing; report the rest when there is one.
+    steady = seconds[1:] or seconds
+    per_epoch = float(np.median(steady))
+    return {"epochs_timed": len(seconds), "seconds_per_epoch": per_epoch,
+            # Other work on the machine slows training: the 5-minute load average says how busy it was.
+            "load_average": os.getloadavg()[1],
+            "first_epoch_seconds": float(seconds[0]), "train_images_per_second": num_train / per_epoch,
+            "unit": "wall-clock seconds (median over epochs after the first); images/s over the train split"}
 
 
 def _list_text():
@@ -310,6 +402,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, help="peak learning rate (cosine decay follows)")
     parser.add_argument("--data-dir", help="folder with the four IDX files (or set ZOO_DATA_DIR)")
     parser.add_argument("--out", help="run dir (default runs/<preset>/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train afresh into an --out that holds a finished (or interrupted) run, replacing it")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default",
@@ -321,17 +415,14 @@ def main(argv=None):
         return 0
     if not args.preset:
         parser.error("name a preset to train, or --list to see them")
-    try:
+
+    def body():
         train(args.preset, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=0 if args.quiet else 1,
-              strategy=args.strategy)
-    except ZooError as exc:
-        print("error: {}".format(exc), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nInterrupted. Run the same command again to resume from the last finished epoch.", file=sys.stderr)
-        return 130
-    return 0
+              strategy=args.strategy, overwrite=args.overwrite)
+        return 0
+
+    return run_cli(body, interrupted="Interrupted. Run the same command again to resume from the last finished epoch.")
 
 
 if __name__ == "__main__":

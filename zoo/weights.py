@@ -14,6 +14,7 @@ import socket
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import keras
 
 from zoo import fileio
-from zoo.errors import UnknownNameError, ZooError
+from zoo.errors import UnknownNameError, ZooError, run_cli
 
 FORMATS = ("onnx", "savedmodel", "keras")
 ENV_SOURCE = "ZOO_WEIGHTS_URL"
@@ -38,6 +39,9 @@ SCHEMES = ("http", "https", "file")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Names a manifest entry may not take: they would land on the cache's own files and folders.
+RESERVED = {MANIFEST, INDEX, SAVEDMODEL_DIR, SOURCE_FILE, EXTRACTED_MARK}
+STALE_STAGING_S = 24 * 3600  # a staging folder without a readable pid is removed after this long
 
 
 class WeightsError(ZooError):
@@ -203,10 +207,13 @@ def _parse_manifest(path, preset, where):
             problems.append("it is for preset {!r}".format(manifest.get("preset")))
         for entry in manifest["files"]:
             if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _FILE.fullmatch(entry["file"])
-                    and entry["file"] != MANIFEST and isinstance(entry.get("sha256"), str)
+                    and entry["file"] not in RESERVED and isinstance(entry.get("sha256"), str)
                     and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("size"), int)
                     and entry.get("format") in FORMATS):
                 problems.append("bad file entry {!r}".format(entry))
+        names = [e.get("file") for e in manifest["files"] if isinstance(e, dict)]
+        if len(names) != len(set(names)):
+            problems.append("a file is listed twice")
     if problems:
         raise WeightsError("{} is not a valid aezoo manifest for {}: {}.".format(where, preset, "; ".join(problems)))
     return manifest
@@ -236,9 +243,34 @@ def list_presets(source=None, cache_dir=None, verbose=False):
     return index
 
 
-def _read_index(source, root, verbose):
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def _staging(root):
+    """A fresh staging folder in the cache, named after this process; first removes the ones that a killed
+    fetch left behind (their process is gone, or, without a pid in the name, they are a day old)."""
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=INCOMING + "-"))
+    for old in root.glob(INCOMING + "-*"):
+        match = re.match(re.escape(INCOMING) + r"-(\d+)-", old.name)
+        try:
+            stale = (not _pid_alive(int(match.group(1)))) if match else (
+                time.time() - old.stat().st_mtime > STALE_STAGING_S)
+        except OSError:
+            continue
+        if stale and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root, prefix="{}-{}-".format(INCOMING, os.getpid())))
+
+
+def _read_index(source, root, verbose):
+    staging = _staging(root)
     try:
         path = _download(source + "/" + INDEX, staging / "index.download", staging / "get", verbose=verbose)
         index = json.loads(path.read_text())
@@ -366,8 +398,7 @@ def fetch(preset, format="onnx", source=None, cache_dir=None, refresh=False, ver
         raise WeightsError(_no_source_message(preset, root))
 
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=INCOMING + "-"))
+        staging = _staging(root)
     except OSError as exc:
         raise WeightsError("Cannot write to the weights cache {}: {}. Set {} or pass cache_dir= (--cache-dir)."
                            .format(root, exc, ENV_CACHE)) from None
@@ -417,19 +448,19 @@ def main(argv=None):
     p.add_argument("--source")
     p.add_argument("--cache-dir")
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.command == "list":
             for name, info in sorted(list_presets(args.source, args.cache_dir).items()):
                 print("{}  {} on {}".format(name, info.get("model"), info.get("dataset")))
             return 0
         paths = fetch(args.preset, format=args.format, source=args.source, cache_dir=args.cache_dir,
                       refresh=args.refresh, verbose=not args.quiet)
-    except ZooError as exc:
-        print("error: {}".format(exc), file=sys.stderr)
-        return 2
-    for name, path in paths.items():
-        print("{}: {}".format(name, path))
-    return 0
+        for name, path in paths.items():
+            print("{}: {}".format(name, path))
+        return 0
+
+    return run_cli(body, interrupted="Interrupted; nothing partial was kept in the cache. Run the command again.")
 
 
 if __name__ == "__main__":
