@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PRESET="${PRESET:-deep_ae_fashion_mnist}"
 EPOCHS="${EPOCHS:-3}"
+RUN="runs/quickstart/$PRESET"  # the quickstart's own folder: running it again replaces it (--overwrite)
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
@@ -21,12 +22,12 @@ if ! $PY -m zoo.data fashion_mnist 2>/dev/null; then
 fi
 
 echo "== 2/4 train $PRESET for $EPOCHS epochs"
-$PY -m zoo.train "$PRESET" --epochs "$EPOCHS"
+$PY -m zoo.train "$PRESET" --epochs "$EPOCHS" --out "$RUN" --overwrite
 
 echo "== 3/4 export to SavedModel and ONNX (with the parity check)"
-$PY -m export "runs/$PRESET"
+$PY -m export "$RUN"
 
 echo "== 4/4 onnxruntime vs TensorFlow throughput on this CPU"
-$PY -m benchmarks.throughput "runs/$PRESET/export" --batch-sizes 1,64,1024 --out "runs/$PRESET/benchmark"
+$PY -m benchmarks.throughput "$RUN/export" --batch-sizes 1,64,1024 --out "$RUN/benchmark"
 
-echo "Done: runs/$PRESET/ holds the model, metrics, figures, exports and benchmark results."
+echo "Done: $RUN/ holds the model, metrics, figures, exports and benchmark results."

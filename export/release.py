@@ -213,11 +213,18 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OPSET
             raise ReleaseError("{} and {} are both preset {}; release one of them.".format(seen[preset], path, preset))
         seen[preset] = path
     _check_out(out, list(seen.values()))
+    created = not Path(out).exists()
     bundles = {}
-    for preset, path in seen.items():
-        bundles[preset] = release_run(path, out, data_dir=data_dir, opset=opset, reexport=reexport, verbose=verbose)
-    write_index(out)
-    fileio.write_marker(out, RELEASE_KIND)
+    try:
+        for preset, path in seen.items():
+            bundles[preset] = release_run(path, out, data_dir=data_dir, opset=opset, reexport=reexport,
+                                          verbose=verbose)
+        write_index(out)
+        fileio.write_marker(out, RELEASE_KIND)
+    except BaseException:
+        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
+            Path(out).rmdir()  # leave no empty folder behind
+        raise
     return bundles
 
 
