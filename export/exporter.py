@@ -8,7 +8,6 @@ import logging
 import os
 import platform
 import re
-import sys
 import zipfile
 from pathlib import Path
 

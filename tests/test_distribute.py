@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import train
+from zoo import train, training
 from zoo.errors import ZooError
 from tests.helpers import write_idx_dir
 
@@ -121,7 +121,7 @@ def test_multiworker_two_local_workers(idx_dir, tmp_path):
 def test_multiworker_without_tf_config_is_explained(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ZooError, match="TF_CONFIG"):
-        train.make_strategy("multiworker")
+        training.make_strategy("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ZooError, match="not valid JSON"):
-        train.make_strategy("multiworker")
+        training.make_strategy("multiworker")

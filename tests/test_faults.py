@@ -107,7 +107,7 @@ def with_callbacks(monkeypatch, *callbacks):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import keras
-    from zoo import train
+    from zoo import train, training
     where, args = sys.argv[1], sys.argv[2:]
     if where == "checkpoint":  # the second checkpoint: half written, then the process dies
         save, calls = keras.Model.save_weights, []
@@ -123,7 +123,7 @@ KILL_SCRIPT = textwrap.dedent("""
     else:  # after the last epoch, while the test set is evaluated
         def dying_evaluate(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
-        train.evaluate = dying_evaluate
+        training.evaluate = dying_evaluate
     sys.exit(train.main(args))
 """)
 

@@ -3,10 +3,27 @@
     >>> import zoo
     >>> zoo.list_models()
     >>> model = zoo.build("dae", noise="masking", noise_level=0.3)
+
+`import zoo` itself is light: Keras (and TensorFlow) load on first use, so the command-line tools
+that only list, look up or download answer at once. The model classes are registered with Keras as
+soon as Keras is imported, so `keras.models.load_model("model.keras")` works after `import zoo`.
 """
 
-from zoo import models as _models  # noqa: F401  (registers every family)
-from zoo.registry import build, describe_models, get_class, list_models
+from zoo import _startup
 
 __all__ = ["build", "describe_models", "get_class", "list_models"]
 __version__ = "0.1.0"
+
+_startup.install()
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in __all__:
+        importlib.import_module("zoo.models")  # registers every family
+        return getattr(importlib.import_module("zoo.registry"), name)
+    try:  # a submodule used as an attribute, e.g. zoo.registry after a plain `import zoo`
+        return importlib.import_module("zoo." + name)
+    except ModuleNotFoundError:
+        raise AttributeError("module 'zoo' has no attribute {!r}".format(name)) from None

@@ -1,18 +1,21 @@
 """Datasets for the zoo: find the images (prepared tfds data, local IDX files, or a tfds
-download) and feed them as float32 NHWC batches in [0, 1] through a tf.data pipeline."""
+download) and feed them as float32 NHWC batches in [0, 1] through a tf.data pipeline.
+
+TensorFlow and tensorflow-datasets are imported only where a pipeline is built or tfds is asked:
+finding and reading IDX files needs numpy alone."""
 
 import contextlib
 import dataclasses
+import glob
 import logging
 import os
 import socket
+import sys
 import threading
 import urllib.parse
 import urllib.request
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from zoo import idx
 from zoo.errors import DataFormatError, DataUnavailableError, unknown_name
@@ -125,6 +128,8 @@ class Splits:
 
     def train(self, first_epoch, epochs):
         """Epochs first_epoch..epochs-1 back to back, each reshuffled from (seed, epoch), one batch per step."""
+        import tensorflow as tf
+
         images = tf.constant(self.fit_images)
         n, batch_size = self.num_train, self.batch_size
         seed = tf.constant(self.seed, tf.int64)
@@ -190,7 +195,23 @@ def _quiet_absl():
         absl_logger.setLevel(level)
 
 
+def _tfds_root():
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets"))
+
+
+def _maybe_prepared(info):
+    """Whether tfds may hold `info` prepared. Without tfds loaded, look for its files (importing tfds
+    costs seconds); once it is loaded (or mocked, in tests), ask it."""
+    if "tensorflow_datasets" in sys.modules:
+        return True
+    base = os.path.join(_tfds_root(), info.tfds_name)
+    return bool(glob.glob(os.path.join(base, "*", "dataset_info.json"))
+                or glob.glob(os.path.join(base, "*", "*", "dataset_info.json")))
+
+
 def _tfds_builder(info):
+    import tensorflow_datasets as tfds
+
     # tfds reads TFDS_DATA_DIR once at import; reading it here lets it change at run time.
     with _quiet_absl():
         return tfds.builder(info.tfds_name, data_dir=os.environ.get("TFDS_DATA_DIR") or None)
@@ -240,10 +261,10 @@ def _network_reachable(host, port, timeout=CONNECT_TIMEOUT_S):
     return bool(result and result[0])
 
 
-def _offline_message(info, builder, checked, host):
+def _offline_message(info, checked, host):
     lines = [
         "Dataset {!r} is not available: it is not prepared in the tfds data dir {} "
-        "(no {}),".format(info.name, builder.data_dir_root, builder.data_dir),
+        "(no {}),".format(info.name, _tfds_root(), os.path.join(_tfds_root(), info.tfds_name, "<version>")),
     ]
     if info.idx:
         places = ", ".join(checked) if checked else "none (no data_dir, ZOO_DATA_DIR not set)"
@@ -270,8 +291,8 @@ def _offline_message(info, builder, checked, host):
         )
     lines.append("  - run once with internet access so that tfds downloads and prepares it;")
     lines.append(
-        "  - copy a prepared tfds data dir (one holding {}/{}/) from another machine and set "
-        "TFDS_DATA_DIR to it.".format(info.tfds_name, builder.version)
+        "  - copy a prepared tfds data dir (one holding {}/<version>/) from another machine and set "
+        "TFDS_DATA_DIR to it.".format(info.tfds_name)
     )
     return "\n".join(lines)
 
@@ -299,11 +320,12 @@ def _resolve(info, data_dir, splits):
                 ) from None
         return _Source("idx", "idx:{}".format(idx_dir), path=idx_dir)
 
-    builder = _tfds_builder(info)
-    with _quiet_absl():
-        prepared = builder.is_prepared()
-    if prepared:
-        return _Source("tfds", "tfds:{}".format(builder.data_dir_root), builder=builder)
+    if _maybe_prepared(info):
+        builder = _tfds_builder(info)
+        with _quiet_absl():
+            prepared = builder.is_prepared()
+        if prepared:
+            return _Source("tfds", "tfds:{}".format(builder.data_dir_root), builder=builder)
 
     checked = []
     if info.idx:
@@ -319,7 +341,8 @@ def _resolve(info, data_dir, splits):
 
     host, port = DOWNLOAD_HOSTS[info.name]
     if not _network_reachable(host, port):
-        raise DataUnavailableError(_offline_message(info, builder, checked, host))
+        raise DataUnavailableError(_offline_message(info, checked, host))
+    builder = _tfds_builder(info)
     logger.info("Downloading %s with tfds into %s", info.name, builder.data_dir_root)
     builder.download_and_prepare()
     return _Source("tfds", "tfds-download:{}".format(builder.data_dir_root), builder=builder)
@@ -374,6 +397,8 @@ def load_arrays(name, split, data_dir=None, limit=None):
             images, labels = images[:limit], labels[:limit]
     else:
         spec = split if limit is None else "{}[:{}]".format(split, limit)
+        import tensorflow_datasets as tfds
+
         ds = source.builder.as_dataset(split=spec, as_supervised=True, batch_size=-1)
         images, labels = tfds.as_numpy(ds)
     return Arrays(np.asarray(images, np.uint8), np.asarray(labels, np.int64), source.description)
@@ -396,6 +421,8 @@ def _val_limit(limit, val_fraction):
 
 
 def _with_options(ds):
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.deterministic = True
     # Shard by element: in-memory sources do not have one file per worker.
@@ -404,6 +431,8 @@ def _with_options(ds):
 
 
 def _pipeline(images, batch_size):
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     ds = ds.map(lambda x: tf.cast(x, tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(ds.prefetch(tf.data.AUTOTUNE))
@@ -430,6 +459,8 @@ def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1)
         train_images, _ = _idx_split(info, source, "train")
         test_images, _ = _idx_split(info, source, "test")
     else:
+        import tensorflow_datasets as tfds
+
         def images_of(spec):
             ds = source.builder.as_dataset(split=spec, as_supervised=True, shuffle_files=False)
             batches = [x for x, _ in tfds.as_numpy(ds.batch(8192))]
