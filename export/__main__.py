@@ -2,7 +2,7 @@
 
 import sys
 
-from export.exporter import main
+from export.cli import export_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export_main())

@@ -1,13 +1,11 @@
 """Export a trained run to SavedModel and ONNX, and check the exported numbers against the Keras model.
 `python -m export RUN_DIR` writes RUN_DIR/export/: savedmodel/, {encoder,decoder,autoencoder}.onnx, parity.json."""
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import platform
-import re
 import zipfile
 from pathlib import Path
 
@@ -23,29 +21,15 @@ from export import runtime
 from zoo.fileio import atomic_dir
 from zoo import data as zoo_data
 from zoo import fileio
-from zoo.errors import ZooError, run_cli
+from export.layout import (DEFAULT_OPSET, ENDPOINTS, EXPORT_FILES, EXPORT_KIND, FORMATS, HOW_TO_REPLACE,
+                           PARITY_FILE, ROLES, SAVEDMODEL_DIR, ExportError, _train_hint, resolve_run_dir)
+from zoo.errors import ZooError
 
-FORMATS = ("savedmodel", "onnx")
-DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 64)
-SAVEDMODEL_DIR = "savedmodel"
-PARITY_FILE = "parity.json"
-RUNS_DIR = "runs"
-RUN_FILES = ("model.keras", "config.json")
 METADATA_VERSION = 1
-# Endpoint name -> ONNX file. `reconstruct` comes first: ExportArchive makes the first endpoint serving_default.
-ENDPOINTS = {"reconstruct": "autoencoder.onnx", "encode": "encoder.onnx", "decode": "decoder.onnx"}
-ROLES = {"encode": "encoder", "decode": "decoder", "reconstruct": "autoencoder"}
-EXPORT_KIND = "export"  # the marker kind of an export dir (zoo.fileio.MARKER)
-HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
-EXPORT_FILES = (SAVEDMODEL_DIR, PARITY_FILE, *ENDPOINTS.values())  # what an unmarked aezoo 0.1 export dir held
 
 logger = logging.getLogger(__name__)
-
-
-class ExportError(ZooError):
-    """A run cannot be exported: missing files, unknown format, conversion failure."""
 
 
 class ParityError(ExportError):
@@ -71,34 +55,6 @@ class Run:
 
 
 # --- the run dir -------------------------------------------------------------------------------------
-
-
-def _train_hint(path):
-    """A command that would make the run dir `path`."""
-    from zoo.presets import PRESETS
-
-    name = Path(path).name
-    if name in PRESETS:
-        default = Path(RUNS_DIR) / name
-        return "python -m zoo.train {}{}".format(name, "" if Path(path) == default else " --out {}".format(path))
-    return "python -m zoo.train PRESET --out {} (python -m zoo.train --list shows the presets)".format(path)
-
-
-def resolve_run_dir(run_dir):
-    """A run dir path, or a preset name standing for runs/<preset>/."""
-    path = Path(run_dir)
-    if path.is_dir():
-        missing = [f for f in RUN_FILES if not (path / f).is_file()]
-        if missing:
-            raise ExportError("{} is not a finished run dir: it lacks {}. Train it with `{}`.".format(
-                path, ", ".join(missing), _train_hint(path)))
-        return path
-    by_name = Path(RUNS_DIR) / str(run_dir)
-    if re.fullmatch(r"[A-Za-z0-9_.-]+", str(run_dir)) and by_name.is_dir():
-        return resolve_run_dir(by_name)
-    raise ExportError("No run dir {}{}. Give the folder `python -m zoo.train` wrote, or train one first: `{}`.".format(
-        path, "" if path == by_name else " (nor {}/)".format(by_name),
-        _train_hint(by_name if re.fullmatch(r"[A-Za-z0-9_]+", str(run_dir)) else path)))
 
 
 def _read_json(path, required):
@@ -499,22 +455,4 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say):
     return ExportResult(out, files, parity)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m export",
-        description="Export a trained run to SavedModel and ONNX, checking both against the Keras model.")
-    parser.add_argument("run_dir", help="a run dir written by zoo.train, or a preset name (= runs/<preset>/)")
-    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: savedmodel,onnx (default both)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
-    parser.add_argument("--out", help="output folder (default RUN_DIR/export/)")
-    parser.add_argument("--data-dir", help="IDX folder with the test images for the parity check "
-                                           "(default: where the run's data came from)")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-
-    def body():
-        export_run(args.run_dir, formats=args.formats, opset=args.opset, out=args.out, data_dir=args.data_dir,
-                   verbose=0 if args.quiet else 1)
-        return 0
-
-    return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")
+from export.cli import export_main as main  # noqa: E402,F401  (the command line, light: see export.cli)

@@ -1,7 +1,6 @@
 """Release bundles: per preset the ONNX files, the SavedModel as .tar.gz, model.keras, manifest.json, SHA256SUMS.
 `python -m export.release runs/dae_mnist runs/conv_vae_mnist --out dist/` writes dist/<preset>/ and dist/index.json."""
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -12,10 +11,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-from export import exporter, runtime
+from export import layout, runtime
 from zoo.fileio import atomic_dir
 from zoo import fileio
-from zoo.errors import ZooError, run_cli
+from zoo.errors import ZooError
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -24,8 +23,14 @@ SAVEDMODEL_ARCHIVE = "savedmodel.tar.gz"
 MANIFEST_VERSION = 1
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 RELEASE_KIND, BUNDLE_KIND = "release", "bundle"  # marker kinds (zoo.fileio.MARKER) of OUT/ and OUT/<preset>/
-BUNDLE_FILES = (MANIFEST, SUMS, SAVEDMODEL_ARCHIVE, "model.keras", *exporter.ENDPOINTS.values())  # an 0.1 bundle
+BUNDLE_FILES = (MANIFEST, SUMS, SAVEDMODEL_ARCHIVE, "model.keras", *layout.ENDPOINTS.values())  # an 0.1 bundle
 HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
+
+
+def _exporter():
+    from export import exporter  # TensorFlow, Keras, tf2onnx: only when a run must be exported first
+
+    return exporter
 
 
 class ReleaseError(ZooError):
@@ -65,15 +70,15 @@ def tar_gz(src_dir, dest, arcname):
 
 def _export_is_current(run_dir, export_dir, opset):
     """Whether RUN_DIR/export holds a passed, complete export of this model.keras at this opset."""
-    parity_file = export_dir / exporter.PARITY_FILE
-    needed = [export_dir / f for f in exporter.ENDPOINTS.values()] + [export_dir / exporter.SAVEDMODEL_DIR]
+    parity_file = export_dir / layout.PARITY_FILE
+    needed = [export_dir / f for f in layout.ENDPOINTS.values()] + [export_dir / layout.SAVEDMODEL_DIR]
     if not parity_file.is_file() or not all(p.exists() for p in needed):
         return False
     try:
         parity = json.loads(parity_file.read_text())
     except ValueError:
         return False
-    return (parity.get("passed") is True and set(parity.get("formats", ())) == set(exporter.FORMATS)
+    return (parity.get("passed") is True and set(parity.get("formats", ())) == set(layout.FORMATS)
             and parity.get("opset") == opset
             and parity_file.stat().st_mtime >= (run_dir / "model.keras").stat().st_mtime)
 
@@ -95,36 +100,36 @@ def _file_entry(path, fmt, role, **extra):
             "sha256": sha256_file(path), **extra}
 
 
-def release_run(run_dir, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OPSET, reexport=False, verbose=1):
+def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, reexport=False, verbose=1):
     """Write the bundle of one run dir (or preset name) to OUT/<preset>/; returns that folder.
 
     The run is exported first unless RUN_DIR/export/ already holds a passed export of it.
     """
-    run_dir = exporter.resolve_run_dir(run_dir)
+    run_dir = layout.resolve_run_dir(run_dir)
     preset = _preset_of(run_dir)
     _check_out(out, [run_dir])
     fileio.check_replaceable(Path(out) / preset, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE)
     config = json.loads((run_dir / "config.json").read_text())
     export_dir = run_dir / "export"
     if reexport or not _export_is_current(run_dir, export_dir, opset):
-        exporter.export_run(run_dir, opset=opset, out=export_dir, data_dir=data_dir, verbose=verbose)
+        _exporter().export_run(run_dir, opset=opset, out=export_dir, data_dir=data_dir, verbose=verbose)
     elif verbose:
         print("Using the export in {} (its parity check passed)".format(export_dir), flush=True)
-    parity = json.loads((export_dir / exporter.PARITY_FILE).read_text())
+    parity = json.loads((export_dir / layout.PARITY_FILE).read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
 
     dest = Path(out) / preset
     with atomic_dir(dest, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE) as tmp:
         files = []
         for endpoint in ("encode", "decode", "reconstruct"):
-            name = exporter.ENDPOINTS[endpoint]
+            name = layout.ENDPOINTS[endpoint]
             shutil.copyfile(export_dir / name, tmp / name)
             meta = runtime.decode_metadata(_onnx_props(tmp / name))
-            files.append(_file_entry(tmp / name, "onnx", exporter.ROLES[endpoint],
+            files.append(_file_entry(tmp / name, "onnx", layout.ROLES[endpoint],
                                      inputs=meta.get("inputs"), outputs=meta.get("outputs")))
             # The versions that made the files, recorded at export time (not this process's).
             export_versions = (meta.get("versions") or {}).get("export")
-        tar_gz(export_dir / exporter.SAVEDMODEL_DIR, tmp / SAVEDMODEL_ARCHIVE, "savedmodel")
+        tar_gz(export_dir / layout.SAVEDMODEL_DIR, tmp / SAVEDMODEL_ARCHIVE, "savedmodel")
         files.append(_file_entry(tmp / SAVEDMODEL_ARCHIVE, "savedmodel", "savedmodel",
                                  signatures=["reconstruct (serving_default)", "encode", "decode"]))
         shutil.copyfile(run_dir / "model.keras", tmp / "model.keras")
@@ -201,13 +206,13 @@ def write_index(out):
     return fileio.write_json(out / INDEX, {"index_version": MANIFEST_VERSION, "presets": presets})
 
 
-def release(run_dirs, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OPSET, reexport=False, verbose=1):
+def release(run_dirs, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, reexport=False, verbose=1):
     """Bundle every run dir into OUT/<preset>/ and refresh OUT/index.json; returns {preset: folder}."""
     if not run_dirs:
         raise ReleaseError("Name at least one run dir (or preset) to release.")
     seen = {}
     for run_dir in run_dirs:
-        path = exporter.resolve_run_dir(run_dir)
+        path = layout.resolve_run_dir(run_dir)
         preset = _preset_of(path)
         if preset in seen:
             raise ReleaseError("{} and {} are both preset {}; release one of them.".format(seen[preset], path, preset))
@@ -228,26 +233,7 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=exporter.DEFAULT_OPSET
     return bundles
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.release",
-                                     description="Write release bundles (ONNX, SavedModel .tar.gz, model.keras, "
-                                                 "manifest.json, SHA256SUMS) for trained runs.")
-    parser.add_argument("run_dirs", nargs="+", help="run dirs written by zoo.train, or preset names (= runs/<preset>/)")
-    parser.add_argument("--out", default="dist", help="release folder (default %(default)s/)")
-    parser.add_argument("--opset", type=int, default=exporter.DEFAULT_OPSET)
-    parser.add_argument("--data-dir", help="IDX folder with test images, if a run must be exported first")
-    parser.add_argument("--reexport", action="store_true", help="export again even if RUN_DIR/export/ is current")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-
-    def body():
-        release(args.run_dirs, args.out, data_dir=args.data_dir, opset=args.opset, reexport=args.reexport,
-                verbose=0 if args.quiet else 1)
-        return 0
-
-    return run_cli(body, interrupted="Interrupted; bundles already written are whole, the one in progress was not "
-                                     "written. Run the command again to finish.")
-
+from export.cli import release_main as main  # noqa: E402  (the command line, light: see export.cli)
 
 if __name__ == "__main__":
     sys.exit(main())

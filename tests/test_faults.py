@@ -417,7 +417,7 @@ def test_ctrl_c_during_a_download_exits_130_and_keeps_nothing(exported, tmp_path
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.utils, "get_file", interrupted)
+    monkeypatch.setattr(weights.urllib.request, "urlopen", interrupted)
     assert weights.main(["fetch", "ae_mnist", "--source", str(dist), "--cache-dir", str(cache)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Interrupted" in err

@@ -4,13 +4,12 @@
 """
 
 import argparse
-import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tarfile
 import tempfile
@@ -19,10 +18,9 @@ import urllib.error
 import urllib.parse
 from pathlib import Path
 
-import keras
 
 from zoo import fileio
-from zoo.errors import UnknownNameError, ZooError, run_cli
+from zoo.errors import UnknownNameError, ZooError, disk_error, run_cli
 
 FORMATS = ("onnx", "savedmodel", "keras")
 ENV_SOURCE = "ZOO_WEIGHTS_URL"
@@ -97,44 +95,34 @@ def _check_format(format):
 # --- downloading -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _download_settings(verbose):
-    # get_file opens URLs without a timeout and prints its progress bar only with interactive logging.
-    old_timeout = socket.getdefaulttimeout()
-    interactive = keras.config.is_interactive_logging_enabled()
-    socket.setdefaulttimeout(TIMEOUT_S)
-    if not verbose and interactive:
-        keras.config.disable_interactive_logging()
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old_timeout)
-        if not verbose and interactive:
-            keras.config.enable_interactive_logging()
-
-
 def _is_not_found(exc):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, urllib.error.HTTPError) and exc.code in (404, 410):
-            return True
-        if isinstance(exc, FileNotFoundError):
-            return True
-        if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, FileNotFoundError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in (404, 410)
+    if isinstance(exc, FileNotFoundError):
+        return True
+    return isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, FileNotFoundError)
 
 
-def _find_cause(exc, kind):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, kind):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+class _Progress:
+    """A one-line progress display on a terminal; nothing in a log file."""
+
+    def __init__(self, name, total, verbose):
+        self.name, self.total = name, total
+        self.live = verbose and sys.stderr.isatty()
+        self._shown = -1
+
+    def update(self, done):
+        if not self.live:
+            return
+        percent = int(100 * done / self.total) if self.total else -1
+        if percent != self._shown:
+            self._shown = percent
+            of = " / {:.1f} MB ({}%)".format(self.total / 1e6, percent) if self.total else " MB"
+            print("\r  {}: {:.1f}{}".format(self.name, done / 1e6, of), end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.live:
+            print(file=sys.stderr, flush=True)
 
 
 def _sha256(path):
@@ -146,46 +134,58 @@ def _sha256(path):
 
 
 def _download(url, dest, staging, entry=None, verbose=True):
-    """Download `url` through keras.utils.get_file into `staging`, check it, then move it to `dest`.
+    """Download `url` into `staging`, hashing it on the way, check it, then move it to `dest`.
 
-    With a manifest `entry` the sha256 and size must match, or ChecksumError (the file is deleted).
-    Raises _NotFound for a 404 or a missing file:// path, WeightsError for other failures.
+    Plain urllib rather than keras.utils.get_file: that one imports Keras and with it TensorFlow, which
+    a weights download (and an install for inference only) must not need. With a manifest `entry` the
+    size and sha256 must match, or ChecksumError (the file is deleted). Raises _NotFound for a 404 or a
+    missing file:// path, IncompleteDownloadError when the connection ends early, WeightsError otherwise.
     """
-    staged = Path(staging) / dest.name
-    # get_file falls back to /tmp/.keras when its cache_dir does not exist yet.
-    Path(staging).mkdir(parents=True, exist_ok=True)
+    staging = Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = staging / dest.name
+    if verbose:
+        print("Downloading data from {}".format(url), flush=True)
+    digest, got, total = hashlib.sha256(), 0, None
     try:
-        with _download_settings(verbose):
-            keras.utils.get_file(fname=dest.name, origin=url, cache_dir=str(staging), cache_subdir="",
-                                 file_hash=entry["sha256"] if entry else None, hash_algorithm="sha256",
-                                 force_download=True)
-    except ValueError:
-        # get_file's "Incomplete or corrupted file detected": the hash did not match.
-        if entry is None or not staged.exists():
-            raise
-        got_size, got_sha = staged.stat().st_size, _sha256(staged)
-        staged.unlink()
-        if got_size < entry["size"]:
-            raise IncompleteDownloadError("Download of {} is incomplete: got {} bytes, the manifest says {}. Nothing "
-                                          "was kept; try again.".format(url, got_size, entry["size"])) from None
-        if got_size != entry["size"]:
-            raise ChecksumError("{} has {} bytes, but the manifest says {}: the file is not the released one. It was "
-                                "deleted, not cached.".format(url, got_size, entry["size"])) from None
-        raise ChecksumError("sha256 of {} is {}, but the manifest says {}: the file is corrupt or was replaced. It "
-                            "was deleted, not cached.".format(url, got_sha, entry["sha256"])) from None
-    except Exception as exc:  # get_file re-raises URL errors as a bare Exception("URL fetch failure ...")
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(staged, "wb") as f:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            progress = _Progress(dest.name, total, verbose)
+            try:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    got += len(chunk)
+                    progress.update(got)
+            finally:
+                progress.close()
+        if total is not None and got < total:
+            raise IncompleteDownloadError("Download of {} was cut short (got only {} out of {} bytes). Nothing was "
+                                          "kept; try again.".format(url, got, total))
+    except BaseException as exc:
         staged.unlink(missing_ok=True)
+        if isinstance(exc, (WeightsError, KeyboardInterrupt)) or disk_error(exc):
+            raise
         if _is_not_found(exc):
             raise _NotFound(url) from None
-        short = _find_cause(exc, urllib.error.ContentTooShortError)
-        if short is not None:
-            raise IncompleteDownloadError("Download of {} was cut short ({}). Nothing was kept; try again.".format(
-                url, short.reason)) from None
-        raise WeightsError("Cannot download {}: {}".format(url, exc)) from None
-    if entry is not None and staged.stat().st_size != entry["size"]:  # only if the sha256 matched but size did not
-        staged.unlink()
-        raise ChecksumError("{} has the manifest's sha256 but not its size {}; the manifest is inconsistent."
-                            .format(url, entry["size"]))
+        if isinstance(exc, (http.client.IncompleteRead, ConnectionError)):
+            raise IncompleteDownloadError("Download of {} was cut short (got only {} out of {} bytes: {}). Nothing was "
+                                          "kept; try again.".format(url, got, total or "?", type(exc).__name__)) from None
+        if isinstance(exc, (OSError, http.client.HTTPException, ValueError)):
+            raise WeightsError("Cannot download {}: {}".format(url, exc)) from None
+        raise
+    if entry is not None:
+        if got != entry["size"] or digest.hexdigest() != entry["sha256"]:
+            staged.unlink()
+            if got < entry["size"]:
+                raise IncompleteDownloadError("Download of {} is incomplete: got {} bytes, the manifest says {}. "
+                                              "Nothing was kept; try again.".format(url, got, entry["size"]))
+            if got != entry["size"]:
+                raise ChecksumError("{} has {} bytes, but the manifest says {}: the file is not the released one. It "
+                                    "was deleted, not cached.".format(url, got, entry["size"]))
+            raise ChecksumError("sha256 of {} is {}, but the manifest says {}: the file is corrupt or was replaced. "
+                                "It was deleted, not cached.".format(url, digest.hexdigest(), entry["sha256"]))
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, dest)
     return dest

@@ -1,0 +1,54 @@
+"""Where things are in a run dir and an export dir, and how a run dir is named on the command line.
+
+Light on purpose (no TensorFlow, Keras or ONNX): the release command and the command-line help use it.
+"""
+
+import re
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+FORMATS = ("savedmodel", "onnx")
+DEFAULT_OPSET = 17
+SAVEDMODEL_DIR = "savedmodel"
+PARITY_FILE = "parity.json"
+RUNS_DIR = "runs"
+RUN_FILES = ("model.keras", "config.json")
+# Endpoint name -> ONNX file. `reconstruct` comes first: ExportArchive makes the first endpoint serving_default.
+ENDPOINTS = {"reconstruct": "autoencoder.onnx", "encode": "encoder.onnx", "decode": "decoder.onnx"}
+ROLES = {"encode": "encoder", "decode": "decoder", "reconstruct": "autoencoder"}
+EXPORT_KIND = "export"  # the marker kind of an export dir (zoo.fileio.MARKER)
+HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
+EXPORT_FILES = (SAVEDMODEL_DIR, PARITY_FILE, *ENDPOINTS.values())  # what an unmarked aezoo 0.1 export dir held
+
+
+class ExportError(ZooError):
+    """A run cannot be exported: missing files, unknown format, conversion failure."""
+
+
+def _train_hint(path):
+    """A command that would make the run dir `path`."""
+    from zoo.presets import PRESETS
+
+    name = Path(path).name
+    if name in PRESETS:
+        default = Path(RUNS_DIR) / name
+        return "python -m zoo.train {}{}".format(name, "" if Path(path) == default else " --out {}".format(path))
+    return "python -m zoo.train PRESET --out {} (python -m zoo.train --list shows the presets)".format(path)
+
+
+def resolve_run_dir(run_dir):
+    """A run dir path, or a preset name standing for runs/<preset>/."""
+    path = Path(run_dir)
+    if path.is_dir():
+        missing = [f for f in RUN_FILES if not (path / f).is_file()]
+        if missing:
+            raise ExportError("{} is not a finished run dir: it lacks {}. Train it with `{}`.".format(
+                path, ", ".join(missing), _train_hint(path)))
+        return path
+    by_name = Path(RUNS_DIR) / str(run_dir)
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", str(run_dir)) and by_name.is_dir():
+        return resolve_run_dir(by_name)
+    raise ExportError("No run dir {}{}. Give the folder `python -m zoo.train` wrote, or train one first: `{}`.".format(
+        path, "" if path == by_name else " (nor {}/)".format(by_name),
+        _train_hint(by_name if re.fullmatch(r"[A-Za-z0-9_]+", str(run_dir)) else path)))
