@@ -4,7 +4,6 @@
 `python -m benchmarks.cards` — a figure that was not measured is said to be missing, never typed in.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -208,7 +207,11 @@ def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cards", description=__doc__.split("\n\n")[0])
+    from zoo.cli import make_parser
+
+    parser = make_parser("benchmarks.cards", __doc__.split("\n\n")[0].strip(), [
+        "                                       # MODEL_CARDS.md from benchmarks/results/",
+        "--results benchmarks/results --out /tmp/MODEL_CARDS.md"])
     parser.add_argument("--results", default=str(RESULTS_DIR))
     parser.add_argument("--dist", default=str(DIST_DIR))
     parser.add_argument("--out", default=str(OUTPUT))

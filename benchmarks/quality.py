@@ -4,7 +4,6 @@ precision@10 against pixels and PCA, denoising PSNR, and latent-space figures.
 `python -m benchmarks.quality --all-trained` reads runs/<preset>/ and writes benchmarks/results/.
 """
 
-import argparse
 import csv
 import io
 import json
@@ -275,7 +274,12 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    from zoo.cli import make_parser
+
+    parser = make_parser("benchmarks.quality", __doc__.split("\n\n")[0].strip(), [
+        "conv_ae_fashion_mnist                  # evaluates runs/conv_ae_fashion_mnist/, merges into the results",
+        "--all-trained --out /tmp/quality",
+        "dae_fashion_mnist --runs-dir runs --data-dir /usr/share/datasets/fashion-mnist"])
     parser.add_argument("presets", nargs="*", help="presets whose runs/<preset>/ to evaluate")
     parser.add_argument("--all-trained", action="store_true", help="every complete run in --runs-dir")
     parser.add_argument("--runs-dir", default=str(RUNS_DIR))

@@ -851,10 +851,14 @@ def _name_list(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.throughput",
-        description="onnxruntime throughput of exported encoders/decoders/autoencoders against the device's MatMul "
-                    "peak and TensorFlow (SavedModel).")
+    from zoo.cli import make_parser
+
+    parser = make_parser(
+        "benchmarks.throughput", "onnxruntime throughput of exported encoders/decoders/autoencoders against the "
+                                 "device's MatMul peak and TensorFlow (SavedModel).", [
+            "runs/dae_mnist/export --batch-sizes 1,64,1024 --out /tmp/bench",
+            "--all --parts encoder,decoder --max-seconds 0.5",
+            "runs/*_fashion_mnist --batch-sizes 1,8,64,256,1024,4096 --out benchmarks/results/"])
     parser.add_argument("models", nargs="*", metavar="EXPORT_DIR_OR_PRESET",
                         help="export dirs, run dirs (with export/), or preset names (= runs/<preset>/export/)")
     parser.add_argument("--all", action="store_true", help="every exported run under --runs-dir")

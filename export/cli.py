@@ -1,24 +1,21 @@
 """The command lines of `python -m export` and `python -m export.release`: parsing and help need no
 TensorFlow, so they answer at once; the exporter is loaded only to export."""
 
-import argparse
+import os
 import sys
 
 from export.layout import DEFAULT_OPSET, FORMATS
+from zoo import _startup
+from zoo.cli import make_parser
 from zoo.errors import run_cli
 
 
-def _parser(prog, description, examples):
-    return argparse.ArgumentParser(prog=prog, description=description, epilog="examples:\n" + examples,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def export_parser(prog="python -m export"):
-    parser = _parser(prog, "Export a trained run to SavedModel and ONNX, checking both against the Keras model "
-                           "(a failed check writes nothing).",
-                     "  {0} runs/dae_mnist                      # -> runs/dae_mnist/export/\n"
-                     "  {0} dae_mnist                           # the same: a preset name means runs/<preset>/\n"
-                     "  {0} runs/conv_vae_mnist --formats onnx --opset 17 --out /tmp/conv_vae_onnx".format(prog))
+def export_parser():
+    parser = make_parser("export", "Export a trained run to SavedModel and ONNX, checking both against the Keras "
+                                   "model (a failed check writes nothing).", [
+                             "runs/dae_mnist                      # -> runs/dae_mnist/export/",
+                             "dae_mnist                           # the same: a preset name means runs/<preset>/",
+                             "runs/conv_vae_mnist --formats onnx --opset 17 --out /tmp/conv_vae_onnx"])
     parser.add_argument("run_dir", help="a run dir written by zoo.train, or a preset name (= runs/<preset>/)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: savedmodel,onnx (default both)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
@@ -26,11 +23,14 @@ def export_parser(prog="python -m export"):
     parser.add_argument("--data-dir", help="IDX folder with the test images for the parity check "
                                            "(default: where the run's data came from)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="let TensorFlow's start-up lines through")
     return parser
 
 
-def export_main(argv=None, prog="python -m export"):
-    args = export_parser(prog).parse_args(argv)
+def export_main(argv=None):
+    args = export_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[_startup.VERBOSE_ENV] = "1"
 
     def body():
         from export import exporter
@@ -42,12 +42,13 @@ def export_main(argv=None, prog="python -m export"):
     return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")
 
 
-def release_parser(prog="python -m export.release"):
-    parser = _parser(prog, "Write release bundles (ONNX, SavedModel .tar.gz, model.keras, manifest.json, SHA256SUMS) "
-                           "for trained runs; a run not yet exported is exported first.",
-                     "  {0} runs/dae_mnist runs/conv_ae_fashion_mnist --out dist/\n"
-                     "  {0} runs/*_fashion_mnist --out dist/ --quiet\n"
-                     "  {0} dae_mnist --reexport --opset 18".format(prog))
+def release_parser():
+    parser = make_parser("export.release", "Write release bundles (ONNX, SavedModel .tar.gz, model.keras, "
+                                           "manifest.json, SHA256SUMS) for trained runs; a run not yet exported is "
+                                           "exported first.", [
+                             "runs/dae_mnist runs/conv_ae_fashion_mnist --out dist/",
+                             "runs/*_fashion_mnist --out dist/ --quiet",
+                             "dae_mnist --reexport --opset 18"])
     parser.add_argument("run_dirs", nargs="+", help="run dirs written by zoo.train, or preset names (= runs/<preset>/)")
     parser.add_argument("--out", default="dist", help="release folder (default %(default)s/; must be new, empty or "
                                                       "a release)")
@@ -58,8 +59,8 @@ def release_parser(prog="python -m export.release"):
     return parser
 
 
-def release_main(argv=None, prog="python -m export.release"):
-    args = release_parser(prog).parse_args(argv)
+def release_main(argv=None):
+    args = release_parser().parse_args(argv)
 
     def body():
         from export import release

@@ -376,11 +376,15 @@ def _read_latents(path):
         raise InputError("Cannot read {} as a numpy array (.npy): {}".format(path, exc)) from None
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m export.runtime"):
+    examples = ["info runs/dae_mnist/export",
+                "encode runs/dae_mnist/export images.npy --out codes.npy     # or a .png, or a folder of PNGs",
+                "decode runs/dae_mnist/export codes.npy --out images.npy"]
     parser = argparse.ArgumentParser(
-        prog="python -m export.runtime",
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an exported aezoo model with onnxruntime (no TensorFlow). Images are float32 in [0, 1], "
-                    "NHWC (.npy), or PNG files (scaled by 1/255).")
+                    "NHWC (.npy), or PNG files (scaled by 1/255).",
+        epilog="examples:\n" + "\n".join("  {} {}".format(prog, e) for e in examples))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, source in (
             ("encode", "images -> codes (a VAE gives the posterior mean)", "images .npy, a .png or a folder of PNGs"),

@@ -477,10 +477,13 @@ def load(name, *, batch_size, seed, data_dir=None, limit=None, val_fraction=0.1)
 
 def main(argv=None):
     """`python -m zoo.data DATASET...`: say where each dataset would be read from, or why it can't be."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m zoo.data", description="Find a dataset's source.")
+    from zoo.cli import make_parser
+
+    parser = make_parser("zoo.data", "Say where each dataset would be read from (reading every split whole), or "
+                                     "why it cannot be.", [
+                             "fashion_mnist", "mnist fashion_mnist cifar10", "mnist --data-dir ~/mnist-idx"])
     parser.add_argument("datasets", nargs="+", metavar="DATASET", help=", ".join(list_datasets()))
     parser.add_argument("--data-dir", help="folder with the four IDX files (or set ZOO_DATA_DIR)")
     args = parser.parse_args(argv)

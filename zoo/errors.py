@@ -67,6 +67,10 @@ def disk_error(exc):
     return None
 
 
+#: What training, export and evaluation need beyond numpy and onnxruntime.
+TRAINING_PACKAGES = {"tensorflow", "keras", "tensorflow_datasets", "tf2onnx", "sklearn", "matplotlib"}
+
+
 def run_cli(body, interrupted="Interrupted."):
     """Run a command's `body()` and turn what a user can cause into one line on stderr and an exit code:
     a ZooError (2), a write the disk refused (1), Ctrl-C (130). Anything else is a bug: it keeps its traceback."""
@@ -78,6 +82,13 @@ def run_cli(body, interrupted="Interrupted."):
     except KeyboardInterrupt:
         print("\n" + interrupted, file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in TRAINING_PACKAGES:
+            raise
+        print("error: this command needs {}, which is not installed in this Python ({}). Install the training "
+              "stack with `pip install -e .` in the aezoo checkout.".format(package, sys.executable), file=sys.stderr)
+        return 2
     except Exception as exc:
         problem = disk_error(exc)
         if problem is None:

@@ -6,7 +6,6 @@ This module is the command line and the run-dir rules; the training loop is zoo.
 (with Keras and TensorFlow) only when something is trained, so listing and help answer at once.
 """
 
-import argparse
 import csv
 import io
 import json
@@ -17,7 +16,7 @@ import sys
 
 import numpy as np
 
-from zoo import fileio
+from zoo import _startup, fileio
 from zoo.errors import ZooError, run_cli
 from zoo.presets import PRESETS, list_presets
 
@@ -146,7 +145,13 @@ def _list_text():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m zoo.train", description="Train an autoencoder preset.")
+    from zoo.cli import make_parser
+
+    parser = make_parser("zoo.train", "Train an autoencoder preset into a run dir.", [
+        "--list                                   # every preset with its description",
+        "dae_mnist                                # -> runs/dae_mnist/; run again after Ctrl-C to resume",
+        "conv_ae_fashion_mnist --epochs 5 --batch-size 256 --lr 2e-3 --out runs/try1",
+        "deep_ae_mnist --epochs 1 --limit 256 --data-dir ~/mnist-idx --out /tmp/smoke --overwrite"])
     parser.add_argument("preset", nargs="?", help="preset name, e.g. dae_mnist (see --list)")
     parser.add_argument("--list", action="store_true", help="list the presets with their descriptions")
     parser.add_argument("--epochs", type=int)
@@ -160,8 +165,11 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="use only the first N training images (smoke runs)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default",
                         help="tf.distribute: mirrored = this host's GPUs, multiworker = hosts from TF_CONFIG")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--verbose", action="store_true", help="let TensorFlow's start-up lines through")
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[_startup.VERBOSE_ENV] = "1"
     if args.list:
         print(_list_text())
         return 0
@@ -169,8 +177,10 @@ def main(argv=None):
         parser.error("name a preset to train, or --list to see them")
 
     def body():
+        # A terminal gets Keras' live bar; a log file one line per epoch (verbose=2 in zoo.training).
+        verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
         train(args.preset, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=0 if args.quiet else 1,
+              data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=verbose,
               strategy=args.strategy, overwrite=args.overwrite)
         return 0
 

@@ -7,6 +7,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -95,6 +96,23 @@ class _StopOnNaN(keras.callbacks.Callback):
         if logs and not np.isfinite(logs.get("loss", 0.0)):
             self.model.stop_training = True
             self.bad_epoch = -1
+
+
+class _EpochLine(keras.callbacks.Callback):
+    """One line per epoch with every loss term and the epoch's time, for logs that are not a terminal (Keras'
+    verbose=2 takes two lines, and its live bar joins every step of an epoch into one carriage-return line)."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        terms = " - ".join("{} {:.4g}".format(k, float(v)) for k, v in (logs or {}).items())
+        print("epoch {}/{} - {:.1f}s - {}".format(epoch + 1, self.epochs, time.perf_counter() - self._start, terms),
+              flush=True)
 
 
 def _check_resume(out, run_key):
@@ -212,10 +230,12 @@ def _train_locked(preset, settings, splits, out, chief, strategy, strategy_name,
 
     nan_guard = _StopOnNaN()
     saver = checkpoint.Checkpoint(out / BACKUP_DIR, state)
+    progress = [_EpochLine(settings["epochs"])] if verbose == 2 else []  # a log file: one line per epoch
     if first_epoch < settings["epochs"]:  # a run killed after its last epoch goes straight to the evaluation
         model.fit(splits.train(first_epoch, settings["epochs"]), steps_per_epoch=splits.steps_per_epoch,
                   initial_epoch=first_epoch, epochs=settings["epochs"], validation_data=splits.val,
-                  verbose=verbose, shuffle=False, callbacks=[saver, nan_guard, *callbacks])
+                  verbose=1 if verbose == 1 else 0, shuffle=False,
+                  callbacks=[saver, nan_guard, *progress, *callbacks])
     if nan_guard.bad_epoch is not None:
         shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
         raise TrainingDiverged("Training {} diverged: the loss became NaN{}. Lower the learning rate "

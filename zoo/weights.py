@@ -3,7 +3,6 @@
 `zoo.weights.fetch("dae_mnist", source="https://host/aezoo/v0.1")`; CLI `python -m zoo.weights fetch dae_mnist`.
 """
 
-import argparse
 import hashlib
 import http.client
 import json
@@ -16,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 
@@ -434,7 +434,12 @@ def fetch(preset, format="onnx", source=None, cache_dir=None, refresh=False, ver
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m zoo.weights", description="Download released aezoo weights.")
+    from zoo.cli import make_parser
+
+    parser = make_parser("zoo.weights", "Download released aezoo weights into a sha256-checked cache.", [
+        "list --source https://example.org/aezoo/v0.1",
+        "fetch dae_mnist --format onnx          # source from $ZOO_WEIGHTS_URL",
+        "fetch conv_ae_fashion_mnist --format keras --source dist/ --cache-dir /tmp/w"])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch", help="download (or reuse from the cache) one preset's weights")
     p.add_argument("preset", help="preset name, e.g. dae_mnist")
