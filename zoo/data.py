@@ -127,7 +127,12 @@ class Splits:
         return -(-self.num_train // self.batch_size)
 
     def train(self, first_epoch, epochs):
-        """Epochs first_epoch..epochs-1 back to back, each reshuffled from (seed, epoch), one batch per step."""
+        """Epochs first_epoch..epochs-1 back to back, each reshuffled from (seed, epoch), one batch per step.
+
+        A tf.data pipeline on the TensorFlow backend (tf.distribute shards it), else a keras.utils.PyDataset
+        over the arrays in memory, which every Keras backend reads."""
+        if not _tensorflow_backend():
+            return _Batches(self.fit_images, self.batch_size, seed=self.seed, first_epoch=first_epoch)
         import tensorflow as tf
 
         images = tf.constant(self.fit_images)
@@ -144,11 +149,54 @@ class Splits:
 
     @property
     def val(self):
-        return _pipeline(self.val_images, self.batch_size)
+        return _pipeline(self.val_images, self.batch_size) if _tensorflow_backend() else _Batches(
+            self.val_images, self.batch_size)
 
     @property
     def test(self):
         return _pipeline(self.test_images, self.batch_size)
+
+
+def _tensorflow_backend():
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def _batches_class():
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        """Batches of uint8 images as float32 in [0, 1]; with a seed, epoch e is the permutation drawn from
+        (seed, e), the epoch counting on from `first_epoch` each time Keras ends one."""
+
+        def __init__(self, images, batch_size, seed=None, first_epoch=0):
+            super().__init__()
+            self.images, self.batch_size, self.seed, self.epoch = images, batch_size, seed, first_epoch
+            self._order = self._permutation()
+
+        def _permutation(self):
+            if self.seed is None:
+                return np.arange(len(self.images))
+            return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+        def __len__(self):
+            return -(-len(self.images) // self.batch_size)
+
+        def __getitem__(self, index):
+            rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+            return self.images[np.sort(rows) if self.seed is None else rows].astype(np.float32) / np.float32(255)
+
+        def on_epoch_end(self):
+            if self.seed is not None:
+                self.epoch += 1
+                self._order = self._permutation()
+
+    return Batches
+
+
+def _Batches(*args, **kwargs):
+    return _batches_class()(*args, **kwargs)
 
 
 def get_info(name):

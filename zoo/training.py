@@ -1,6 +1,8 @@
 """The training loop behind `python -m zoo.train` (see zoo.train, which holds the command line and loads
 this module, with Keras and TensorFlow, only when something is actually trained)."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -12,7 +14,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import zoo
 from zoo import checkpoint, data, fileio, figures, metrics
@@ -31,7 +32,10 @@ class TrainingDiverged(ZooError):
 
 
 def make_strategy(name):
-    """The tf.distribute strategy for `--strategy`; create it before any other TensorFlow work."""
+    """The tf.distribute strategy for `--strategy` (TensorFlow backend); create it before any other TensorFlow
+    work."""
+    import tensorflow as tf
+
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -60,17 +64,67 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def library_versions():
-    import tensorflow_datasets as tfds
+@dataclasses.dataclass
+class Placement:
+    """Where a run's steps execute, whatever the backend: a scope to build the model in, the number of
+    replicas the global batch is split over, and whether this process writes the run dir."""
 
-    return {
-        "aezoo": zoo.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tensorflow_datasets": tfds.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+    name: str
+    scope: object  # a context manager factory
+    replicas: int
+    chief: bool
+    vector_logs: bool = False  # see zoo.models.Autoencoder.vector_logs
+
+
+def place(strategy="default"):
+    """The Placement for `--strategy` on the current Keras backend.
+
+    TensorFlow: the tf.distribute strategies (or a tf.distribute.Strategy given directly). JAX:
+    "mirrored" is keras.distribution.DataParallel over this host's devices, "multiworker" first joins
+    the processes with keras.distribution.initialize (jax.distributed; the coordinator comes from the
+    standard variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or is detected on a
+    cluster) and then spreads the batch over every process's devices. PyTorch: one device.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        if isinstance(strategy, str):
+            name, strategy = strategy, make_strategy(strategy)
+        else:
+            name = type(strategy).__name__
+        import tensorflow as tf
+
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+            getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+        return Placement(name, strategy.scope, strategy.num_replicas_in_sync, is_chief(strategy), multi_worker)
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ZooError("--strategy must be one of {}; got {!r}.".format(", ".join(STRATEGIES), strategy))
+    if strategy == "default":
+        return Placement(strategy, contextlib.nullcontext, 1, True)
+    if backend != "jax":
+        raise ZooError("--strategy {} needs the TensorFlow or JAX backend; this is {} (set KERAS_BACKEND).".format(
+            strategy, backend))
+    if strategy == "multiworker":
+        keras.distribution.initialize()
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    import jax
+
+    return Placement(strategy, contextlib.nullcontext, len(devices), jax.process_index() == 0)
+
+
+def library_versions():
+    """The versions that trained a run; TensorFlow and tfds only where they are installed."""
+    import importlib.metadata
+
+    versions = {"aezoo": zoo.__version__, "keras": keras.__version__, "backend": keras.backend.backend()}
+    for package, key in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch"),
+                         ("tensorflow-datasets", "tensorflow_datasets")):
+        try:
+            versions[key] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    versions.update({"numpy": np.__version__, "python": platform.python_version()})
+    return versions
 
 
 def build_model(preset, seed):
@@ -164,18 +218,15 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
     """Train `preset` and write its run dir; returns the run dir's Path.
 
     `strategy` is "default" (one device), "mirrored" (this host's devices) or "multiworker"
-    (hosts from TF_CONFIG), or a tf.distribute.Strategy. `batch_size` is the global batch, split
+    (several hosts), or a tf.distribute.Strategy; see `place` for what each means per backend. `batch_size` is the global batch, split
     across replicas; the learning rate is used as given (see README for the scaling rule).
     A run dir that holds a finished run is refused unless `overwrite`; one that holds an interrupted
     run with the same settings is resumed. One process at a time may write a run dir.
     """
     preset = get_preset(preset)
     settings = resolve(preset, epochs, batch_size, lr, seed, limit)
-    if isinstance(strategy, str):
-        strategy_name, strategy = strategy, make_strategy(strategy)
-    else:
-        strategy_name = type(strategy).__name__
-    chief = is_chief(strategy)
+    placement = place(strategy)
+    chief = placement.chief
     out = Path(out) if out is not None else Path("runs") / preset.name
     if chief:
         _check_out(out, overwrite)  # before any work, so a refusal costs nothing
@@ -196,8 +247,7 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
             fileio.write_marker(out, "run")
             fileio.remove_partials(out)
             (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
-            return _train_locked(preset, settings, splits, out, chief, strategy, strategy_name, data_dir, verbose,
-                                 callbacks)
+            return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks)
     except BaseException:
         if created and out.is_dir() and checkpoint.read_state(out / BACKUP_DIR) is None \
                 and not (out / COMPLETE).exists():
@@ -209,18 +259,19 @@ def _warn(message):
     print("warning: " + message, file=sys.stderr, flush=True)
 
 
-def _train_locked(preset, settings, splits, out, chief, strategy, strategy_name, data_dir, verbose, callbacks):
-    with strategy.scope():
+def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks):
+    with placement.scope():
         model = build_model(preset, settings["seed"])
+        model.vector_logs = placement.vector_logs
         # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
         schedule = keras.optimizers.schedules.CosineDecay(
             settings["learning_rate"], splits.steps_per_epoch * settings["epochs"], alpha=0.01)
         model.compile(optimizer=keras.optimizers.Adam(schedule))
 
-    run_key = {"preset": preset.name, **settings, "data_source": splits.source, "strategy": strategy_name,
-               "replicas": strategy.num_replicas_in_sync}
+    run_key = {"preset": preset.name, **settings, "data_source": splits.source, "strategy": placement.name,
+               "replicas": placement.replicas, "backend": keras.backend.backend()}
     resumed = _check_resume(out, run_key)
-    with strategy.scope():
+    with placement.scope():
         state = checkpoint.restore(model, out / BACKUP_DIR, say=_warn)
     first_epoch = state["epoch"]
     if verbose:
@@ -263,8 +314,9 @@ def _train_locked(preset, settings, splits, out, chief, strategy, strategy_name,
         "num_val": splits.num_val,
         "num_test": splits.num_test,
         "training": {**settings, "optimizer": "Adam, cosine decay to 1%", "global_batch_size": settings["batch_size"],
-                     "strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
-                     "per_replica_batch_size": settings["batch_size"] / strategy.num_replicas_in_sync,
+                     "strategy": placement.name, "replicas": placement.replicas,
+                     "per_replica_batch_size": settings["batch_size"] / placement.replicas,
+                     "backend": keras.backend.backend(),
                      "reconstruction_loss": model.reconstruction_loss, "resumed": resumed},
         "input_shape": list(model.image_shape),
         "latent_dim": model.latent_dim,
@@ -283,7 +335,7 @@ def _train_locked(preset, settings, splits, out, chief, strategy, strategy_name,
         "timing": timing(saver.state["seconds"], splits.num_train),
     })
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
-    if not chief:
+    if not placement.chief:
         shutil.rmtree(out, ignore_errors=True)
         return None
     if verbose:

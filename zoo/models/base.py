@@ -1,10 +1,13 @@
-"""The common autoencoder API: encode, decode, reconstruct, and a train_step that logs each loss term."""
+"""The common autoencoder API: encode, decode, reconstruct, and a loss that logs each term.
+
+The loss lives in Keras' backend-neutral `compute_loss` hook, so Keras' own train_step trains every
+family on TensorFlow, JAX and PyTorch alike; only keras.ops here.
+"""
 
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from zoo.errors import InputShapeError
@@ -47,11 +50,35 @@ def check_batch(x, expected_shape, what):
     raise InputShapeError("{} must have shape {}; got shape {}.{}".format(what, wanted, shape, hint))
 
 
-def _multi_worker():
-    strategy = tf.distribute.get_strategy()
-    extended = getattr(strategy, "extended", None)
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+class _RegularizerTerms(keras.layers.Layer):
+    """Adds a family's regularizer terms (computed from the clean input and the code) with add_loss and
+    passes the code on. The terms reach `compute_loss` through `model.losses` on every backend, from
+    the same forward pass that made the reconstruction."""
+
+    def __init__(self, terms, **kwargs):
+        super().__init__(**kwargs)
+        self._terms = terms  # (x, code, training) -> {name: scalar}; a plain function, not tracked
+
+    def call(self, inputs, training=False):
+        x, code = inputs
+        for value in self._terms(x, code, training).values():
+            self.add_loss(value)
+        return code
+
+    def compute_output_spec(self, inputs, training=False):
+        # The graph is built inside the model's __init__, before the family has set what its terms read.
+        return keras.tree.map_structure(lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), inputs[1])
+
+
+class _ScaleForReplicas(keras.losses.Loss):
+    """The identity, through keras.losses.Loss: under tf.distribute, Keras' Loss divides by the number
+    of replicas (gradients are summed across them), as it does for the losses given to compile()."""
+
+    def __init__(self):
+        super().__init__(name="scale_for_replicas", reduction="sum")
+
+    def call(self, y_true, y_pred):
+        return y_pred
 
 
 def _as_batch(x):
@@ -71,6 +98,11 @@ class Autoencoder(keras.Model):
 
     #: Names of the loss terms besides `reconstruction_loss`; each is logged on its own.
     regularizer_terms = ()
+    #: Return each log with shape (1,) instead of a scalar. Keras 3 reduces logs across workers with
+    #: strategy.reduce("MEAN", v, axis=0), which fails on scalars under tf.distribute's
+    #: MultiWorkerMirroredStrategy ("Invalid reduction dimension 0", tensorflow/tensorflow#72388); zoo.training
+    #: sets this there. Shape (1,) reduces to the same value.
+    vector_logs = False
 
     def __init__(self, encoder, decoder, *, input_shape, latent_dim, reconstruction_loss="mse",
                  corruption=None, sampler=None, **kwargs):
@@ -83,6 +115,9 @@ class Autoencoder(keras.Model):
         inputs = keras.Input(shape=input_shape, name="image")
         x = corruption(inputs) if corruption is not None else inputs
         code = encoder(x)
+        if self.regularizer_terms:
+            terms = _RegularizerTerms(lambda x, c, training: self.regularizers(x, c, training), name="regularizers")
+            code = terms([inputs, code])
         if sampler is not None:
             code = sampler(code)
         outputs = decoder(code)
@@ -98,6 +133,7 @@ class Autoencoder(keras.Model):
         self.reconstruction_loss = reconstruction_loss
         self._trackers = [keras.metrics.Mean(name=name)
                           for name in ("loss", "reconstruction_loss") + tuple(self.regularizer_terms)]
+        self._scale = _ScaleForReplicas()
 
     # --- the common API -------------------------------------------------------------------
     def encode(self, images, batch_size=256):
@@ -139,43 +175,23 @@ class Autoencoder(keras.Model):
     # --- Keras training loop ----------------------------------------------------------------
     @property
     def metrics(self):
-        # Listed here so that Keras resets them at each epoch.
+        # Listed here so that Keras resets them at each epoch and reports them as the logs.
         return list(self._trackers)
 
-    def _update_trackers(self, loss, terms):
-        values = {"loss": loss, **terms}
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The sum of the terms, each tracked on its own. The target is always the clean input x; y_pred
+        is the model's output for x (corrupted and sampled in training) and `self.losses` holds the
+        regularizer terms that forward pass added, in the order of `regularizer_terms`."""
+        terms = {"reconstruction_loss": self.reconstruction_error(x, y_pred)}
+        terms.update(zip(self.regularizer_terms, self.losses))
+        loss = sum(terms.values())
         for tracker in self._trackers:
-            tracker.update_state(values[tracker.name])
-        logs = {tracker.name: tracker.result() for tracker in self._trackers}
-        if _multi_worker():
-            # Keras 3 reduces logs across workers with strategy.reduce("MEAN", v, axis=0), which fails
-            # on scalars ("Invalid reduction dimension 0", tensorflow/tensorflow#72388). Shape (1,)
-            # reduces to the same scalar.
-            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-        return logs
+            tracker.update_state(loss if tracker.name == "loss" else terms[tracker.name])
+        return self._scale(loss, loss)
 
-    @staticmethod
-    def _images(data):
-        # Datasets may yield (x,), (x, y) or (x, y, sample_weight); the target is always x itself.
-        return data[0] if isinstance(data, (tuple, list)) else data
-
-    def train_step(self, data):
-        x = self._images(data)
-        with tf.GradientTape() as tape:
-            terms = self.compute_loss_terms(x, training=True)
-            loss = sum(terms.values())
-            # Under tf.distribute each replica sees its share of the global batch and gradients
-            # are summed across replicas, so the per-replica loss is divided by their number.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss / replicas)
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        return self._update_trackers(loss, terms)
-
-    def test_step(self, data):
-        x = self._images(data)
-        terms = self.compute_loss_terms(x, training=False)
-        return self._update_trackers(sum(terms.values()), terms)
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        return {k: ops.reshape(v, (1,)) for k, v in logs.items()} if self.vector_logs else logs
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self):
