@@ -24,7 +24,7 @@ MANIFEST_VERSION = 1
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 RELEASE_KIND, BUNDLE_KIND = "release", "bundle"  # marker kinds (zoo.fileio.MARKER) of OUT/ and OUT/<preset>/
 BUNDLE_FILES = (MANIFEST, SUMS, SAVEDMODEL_ARCHIVE, "model.keras", *layout.ENDPOINTS.values())  # an 0.1 bundle
-HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
+HOW_TO_REPLACE = layout.HOW_TO_REPLACE
 
 
 def _exporter():
@@ -174,7 +174,8 @@ def _check_out(out, run_dirs):
                                "it, e.g. dist/.".format(out, run_dir))
     if out.is_dir() and fileio.marker_kind(out) != RELEASE_KIND:
         # An unmarked release of aezoo 0.1: index.json and bundle folders only.
-        legacy = all(p.name == INDEX or (p.is_dir() and (p / MANIFEST).is_file()) for p in out.iterdir())
+        legacy = all(p.name == INDEX or p.name.startswith((fileio.PARTIAL, fileio.OLD))
+                     or (p.is_dir() and (p / MANIFEST).is_file() and (p / SUMS).is_file()) for p in out.iterdir())
         if not legacy:
             fileio.check_replaceable(out, RELEASE_KIND, how=HOW_TO_REPLACE)
     elif out.exists() and not out.is_dir():
@@ -218,17 +219,19 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, 
             raise ReleaseError("{} and {} are both preset {}; release one of them.".format(seen[preset], path, preset))
         seen[preset] = path
     _check_out(out, list(seen.values()))
-    created = not Path(out).exists()
+    created = not Path(out).exists() or not any(Path(out).iterdir())
     bundles = {}
     try:
+        if created:  # marked at once, so a killed release can be run again into the same folder
+            fileio.write_marker(out, RELEASE_KIND)
         for preset, path in seen.items():
             bundles[preset] = release_run(path, out, data_dir=data_dir, opset=opset, reexport=reexport,
                                           verbose=verbose)
         write_index(out)
         fileio.write_marker(out, RELEASE_KIND)
     except BaseException:
-        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
-            Path(out).rmdir()  # leave no empty folder behind
+        if created and Path(out).is_dir() and {p.name for p in Path(out).iterdir()} <= {fileio.MARKER}:
+            shutil.rmtree(out)  # leave no empty folder behind
         raise
     return bundles
 

@@ -141,9 +141,10 @@ def test_verbose_lets_tensorflow_startup_lines_through(tmp_path):
 
 def test_import_zoo_is_light_and_keras_finds_the_classes(tmp_path, exported):
     code = textwrap.dedent("""
-        import sys, json
+        import importlib.util, sys, json
         import zoo
         light = not any(m in sys.modules for m in ("tensorflow", "keras"))
+        assert importlib.util.find_spec("keras") is not None  # a probe must not disarm the registration
         import keras
         model = keras.models.load_model(sys.argv[1])
         print(json.dumps({"light": light, "family": model.registry_name}))

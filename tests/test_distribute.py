@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import train, training
+from zoo import training
 from zoo.errors import ZooError
 from tests.helpers import write_idx_dir
 

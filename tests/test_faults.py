@@ -342,14 +342,27 @@ def test_training_into_a_folder_of_user_files_is_refused(idx_dir, tmp_path, caps
     assert train.main(argv(idx_dir, out)) == 2
     assert "did not write" in one_line_error(capsys.readouterr().err)
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    # Files that merely share a run's names are not a run, --overwrite or not.
+    project = tmp_path / "project"
+    (project / "export").mkdir(parents=True)
+    (project / "config.json").write_text('{"lr": 0.1}')
+    (project / "metrics.json").write_text('{"acc": 0.9}')
+    (project / "export" / "slides.pdf").write_text("precious")
+    assert train.main(argv(idx_dir, project, "--overwrite")) == 2
+    assert "did not write" in one_line_error(capsys.readouterr().err)
+    assert (project / "export" / "slides.pdf").is_file() and (project / "config.json").read_text() == '{"lr": 0.1}'
 
 
-@pytest.mark.parametrize("where", ["run", "parent", "inside", "user"])
+@pytest.mark.parametrize("where", ["run", "parent", "inside", "user", "user-onnx"])
 def test_export_and_release_never_replace_what_they_did_not_make(where, exported, tmp_path, capsys):
     user = tmp_path / "user"
     user.mkdir()
     (user / "notes.txt").write_text("precious")
-    out = {"run": exported, "parent": exported.parent, "inside": exported / "savedmodel-copy", "user": user}[where]
+    onnx_only = tmp_path / "onnx"  # a user's own encoder.onnx: a known name, but no parity.json, so not an export
+    onnx_only.mkdir()
+    (onnx_only / "encoder.onnx").write_text("precious")
+    out = {"run": exported, "parent": exported.parent, "inside": exported / "savedmodel-copy", "user": user,
+           "user-onnx": onnx_only}[where]
     before = sorted(str(p) for p in out.parent.rglob("*")) if out.exists() else None
     for main in (exporter.main, release.main):
         assert main([str(exported), "--out", str(out), "--quiet"]) == 2
@@ -358,16 +371,19 @@ def test_export_and_release_never_replace_what_they_did_not_make(where, exported
         if before is not None:
             assert sorted(str(p) for p in out.parent.rglob("*")) == before
     assert (user / "notes.txt").read_text() == "precious"
+    assert (onnx_only / "encoder.onnx").read_text() == "precious"
     assert (exported / "model.keras").is_file() and (exported / "export" / "encoder.onnx").is_file()
 
 
 def test_export_and_release_replace_their_own_output(exported, tmp_path):
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / (fileio.PARTIAL + "ae_mnist-x1")).mkdir()  # what a killed release leaves behind
     for _ in range(2):
         exporter.export_run(exported, formats=["onnx"], out=tmp_path / "x", verbose=0)
         release.release([exported], tmp_path / "dist", verbose=0)
     assert fileio.marker_kind(tmp_path / "x") == exporter.EXPORT_KIND
     assert fileio.marker_kind(tmp_path / "dist") == release.RELEASE_KIND
-    assert not [p for p in tmp_path.rglob(fileio.PARTIAL + "*")]
+    assert not [p for p in (tmp_path / "x").rglob(fileio.PARTIAL + "*")]
 
 
 # --- bad arguments and stale files -----------------------------------------------------------------------------

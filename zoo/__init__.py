@@ -25,5 +25,7 @@ def __getattr__(name):
         return getattr(importlib.import_module("zoo.registry"), name)
     try:  # a submodule used as an attribute, e.g. zoo.registry after a plain `import zoo`
         return importlib.import_module("zoo." + name)
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "zoo." + name:
+            raise  # the submodule exists but needs something missing: say that, not "no attribute"
         raise AttributeError("module 'zoo' has no attribute {!r}".format(name)) from None

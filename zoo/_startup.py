@@ -26,25 +26,34 @@ def verbose():
 
 
 class _Hook(importlib.abc.MetaPathFinder):
-    """Run `around(exec_module)` in place of the first import of module `name`."""
+    """Run `around(exec_module)` in place of the first import of module `name`.
+
+    A probe such as importlib.util.find_spec(name) gets the wrapped spec too but does not run it; the hook
+    stays armed until the module is actually executed."""
 
     def __init__(self, name, around):
         self.name, self.around = name, around
+        self._asking = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
+        if fullname != self.name or self._asking or fullname in sys.modules:
             return None
-        sys.meta_path.remove(self)  # once; and so that the real finders answer the question below
-        spec = importlib.util.find_spec(fullname)
+        self._asking = True  # the question below must be answered by the other finders
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._asking = False
         if spec is None or spec.loader is None:
             return spec
-        loader, around = spec.loader, self.around
+        loader, around, hook = spec.loader, self.around, self
 
         class _Loader(importlib.abc.Loader):
             def create_module(self, spec):
                 return loader.create_module(spec)
 
             def exec_module(self, module):
+                if hook in sys.meta_path:
+                    sys.meta_path.remove(hook)  # once
                 around(lambda: loader.exec_module(module))
 
         spec.loader = _Loader()
@@ -61,22 +70,28 @@ def _quiet_tensorflow(run_import):
     if verbose():
         return run_import()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines from later C++ logging either
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+        captured = tempfile.TemporaryFile()
+    except OSError:  # no stderr to capture, or nowhere to put it: import as is
+        return run_import()
+    with captured:
         os.dup2(captured.fileno(), 2)
         try:
             run_import()
             # CUDA's start-up (the cuInit line) runs at first device use: do it here, inside the capture.
             sys.modules["tensorflow"].config.list_physical_devices()
         finally:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", "replace")
     kept = [line for line in text.splitlines() if line.strip() and not STARTUP_NOISE.search(line)]
-    if kept:
+    if kept and sys.stderr is not None:
         print("\n".join(kept), file=sys.stderr)
 
 

@@ -126,13 +126,16 @@ class Splits:
     def steps_per_epoch(self):
         return -(-self.num_train // self.batch_size)
 
-    def train(self, first_epoch, epochs):
+    def train(self, first_epoch, epochs, batch_multiple=1, shard=(0, 1)):
         """Epochs first_epoch..epochs-1 back to back, each reshuffled from (seed, epoch), one batch per step.
 
         A tf.data pipeline on the TensorFlow backend (tf.distribute shards it), else a keras.utils.PyDataset
-        over the arrays in memory, which every Keras backend reads."""
+        over the arrays in memory, which every Keras backend reads; there each batch is cut to a multiple of
+        `batch_multiple` (JAX's data parallelism splits it evenly over the devices) and process `shard[0]`
+        of `shard[1]` takes its share of it."""
         if not _tensorflow_backend():
-            return _Batches(self.fit_images, self.batch_size, seed=self.seed, first_epoch=first_epoch)
+            return _Batches(self.fit_images, self.batch_size, seed=self.seed, first_epoch=first_epoch,
+                            batch_multiple=batch_multiple, shard=shard)
         import tensorflow as tf
 
         images = tf.constant(self.fit_images)
@@ -147,10 +150,14 @@ class Splits:
         ds = ds.map(lambda i: tf.cast(tf.gather(images, i), tf.float32) / 255.0, num_parallel_calls=tf.data.AUTOTUNE)
         return _with_options(ds.prefetch(tf.data.AUTOTUNE))
 
+    def validation(self, batch_multiple=1, shard=(0, 1)):
+        if _tensorflow_backend():
+            return _pipeline(self.val_images, self.batch_size)
+        return _Batches(self.val_images, self.batch_size, batch_multiple=batch_multiple, shard=shard)
+
     @property
     def val(self):
-        return _pipeline(self.val_images, self.batch_size) if _tensorflow_backend() else _Batches(
-            self.val_images, self.batch_size)
+        return self.validation()
 
     @property
     def test(self):
@@ -168,11 +175,13 @@ def _batches_class():
 
     class Batches(keras.utils.PyDataset):
         """Batches of uint8 images as float32 in [0, 1]; with a seed, epoch e is the permutation drawn from
-        (seed, e), the epoch counting on from `first_epoch` each time Keras ends one."""
+        (seed, e). Keras calls on_epoch_end before the first epoch too (EpochIterator.reset), so the count
+        starts one below `first_epoch`; a resumed run sees the same orders as an uninterrupted one."""
 
-        def __init__(self, images, batch_size, seed=None, first_epoch=0):
+        def __init__(self, images, batch_size, seed=None, first_epoch=0, batch_multiple=1, shard=(0, 1)):
             super().__init__()
             self.images, self.batch_size, self.seed, self.epoch = images, batch_size, seed, first_epoch
+            self.batch_multiple, self.shard = batch_multiple, shard
             self._order = self._permutation()
 
         def _permutation(self):
@@ -185,6 +194,11 @@ def _batches_class():
 
         def __getitem__(self, index):
             rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+            if self.batch_multiple > 1:  # drop the last few rows, or repeat some when fewer than the devices
+                keep = len(rows) // self.batch_multiple * self.batch_multiple
+                rows = rows[:keep] if keep else np.resize(rows, self.batch_multiple)
+            if self.shard[1] > 1:
+                rows = np.array_split(rows, self.shard[1])[self.shard[0]]
             return self.images[np.sort(rows) if self.seed is None else rows].astype(np.float32) / np.float32(255)
 
         def on_epoch_end(self):
@@ -535,21 +549,23 @@ def main(argv=None):
     parser.add_argument("datasets", nargs="+", metavar="DATASET", help=", ".join(list_datasets()))
     parser.add_argument("--data-dir", help="folder with the four IDX files (or set ZOO_DATA_DIR)")
     args = parser.parse_args(argv)
-    status = 0
-    for name in args.datasets:
-        try:
-            # Every split training reads, each read whole: a truncated train file is found here, not mid-run.
-            counts = {split: load_arrays(name, split, data_dir=args.data_dir) for split in SPLITS}
-            print("{}: {} from {}".format(name, " + ".join("{} {} images".format(len(a.images), split)
-                                                             for split, a in counts.items()),
-                                          counts["test"].source))
-        except (DataFormatError, DataUnavailableError, KeyError) as exc:
-            print("{}: not available. {}".format(name, exc), file=sys.stderr)
-            status = 2
-        except KeyboardInterrupt:
-            print("\nInterrupted.", file=sys.stderr)
-            return 130
-    return status
+    from zoo.errors import run_cli
+
+    def body():
+        status = 0
+        for name in args.datasets:
+            try:
+                # Every split training reads, each read whole: a truncated train file is found here, not mid-run.
+                counts = {split: load_arrays(name, split, data_dir=args.data_dir) for split in SPLITS}
+                print("{}: {} from {}".format(name, " + ".join("{} {} images".format(len(a.images), split)
+                                                                 for split, a in counts.items()),
+                                              counts["test"].source))
+            except (DataFormatError, DataUnavailableError, KeyError) as exc:
+                print("{}: not available. {}".format(name, exc), file=sys.stderr)
+                status = 2
+        return status
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,6 @@ def run_cli(body, interrupted="Interrupted."):
         problem = disk_error(exc)
         if problem is None:
             raise
-        print("error: cannot write: {}. Free some space (or fix the permissions) and run the command again; "
-              "no partial file was left under a final name.".format(problem), file=sys.stderr)
+        print("error: the file system refused: {}. Check the free space and the permissions there, then run the "
+              "command again; no partial file was left under a final name.".format(problem), file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ def _default_permissions(path, mode):
 
 
 PARTIAL = ".partial-"  # what every temporary file or folder here starts with
+OLD = ".old-"  # a replaced folder on its way out
 
 
 def remove_partials(folder):
@@ -87,9 +88,15 @@ def replace_dir(src, dest):
     old = None
     if dest.exists():
         # os.replace cannot replace a non-empty folder: move the old one aside first.
-        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".old-{}-".format(dest.name)))
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix="{}{}-".format(OLD, dest.name)))
         os.replace(dest, old / dest.name)
-    os.replace(src, dest)
+    try:
+        os.replace(src, dest)
+    except OSError:
+        if old is not None:
+            os.replace(old / dest.name, dest)  # put the old one back
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -116,15 +123,16 @@ def marker_kind(folder):
 
 
 def check_replaceable(folder, kind, known=(), how=""):
-    """Raise OutputFolderError unless `folder` is missing, empty, marked as `kind`, or holds only the
-    names in `known` (the files this kind of output had before folders were marked)."""
+    """Raise OutputFolderError unless `folder` is missing, empty, marked as `kind`, or is an output of this
+    kind from before folders were marked: it holds `known[0]` (the file that defines that output) and
+    nothing but the names in `known`. Temporary names this module makes are not counted."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError("{} is a file, not a folder; choose another output folder.".format(folder))
     if not folder.is_dir() or marker_kind(folder) == kind:
         return
-    names = {p.name for p in folder.iterdir()}
-    if names and not (known and names <= set(known)):
+    names = {p.name for p in folder.iterdir() if not p.name.startswith((PARTIAL, OLD))}
+    if names and not (known and known[0] in names and names <= set(known)):
         raise OutputFolderError("{} already holds files that aezoo did not write ({}); refusing to replace it. {}".format(
             folder, ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else ""),
             how or "Choose an empty or new output folder.").strip())
@@ -156,18 +164,32 @@ class FolderLock:
         import fcntl
         import socket
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+        if self._fd is not None:
+            raise RuntimeError("{} is already held by this FolderLock".format(self.path))
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise OutputFolderError("{} is being written by {}; wait for it to finish or choose another --out."
+                                        .format(self.path.parent, holder)) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                # The holder before us may have unlinked the file between our open and our flock: then we
+                # hold a lock on a file nobody else will open. Start again on the file that is there now.
+                if os.path.exists(self.path) and os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, "pid {} on {}\n".format(os.getpid(), socket.gethostname()).encode())
+                    self._fd = fd
+                    return self
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-            raise OutputFolderError("{} is being written by {}; wait for it to finish or choose another --out."
-                                    .format(self.path.parent, holder)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, "pid {} on {}\n".format(os.getpid(), socket.gethostname()).encode())
-        self._fd = fd
-        return self
 
     def release(self):
         if self._fd is not None:

@@ -65,13 +65,25 @@ def _run_state(out):
     names = {p.name for p in out.iterdir()} - {fileio.FolderLock.NAME}  # a lock alone: a writer just began
     if not names:
         return "new"
+    if fileio.marker_kind(out) != "run" and not _is_legacy_run(out):
+        return "foreign"
     if COMPLETE in names and "config.json" in names:
         return "complete"
     if BACKUP_DIR in names:
         return "interrupted"
-    if fileio.marker_kind(out) == "run":
-        return "started"
-    return "foreign"
+    return "started"
+
+
+def _is_legacy_run(out):
+    """A run dir of aezoo 0.1, which wrote no marker: its config.json names aezoo's version, or its checkpoint
+    folder holds aezoo's run key."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+        if isinstance(config, dict) and "aezoo" in (config.get("versions") or {}):
+            return True
+    except (OSError, ValueError):
+        pass
+    return (out / BACKUP_DIR / "run_key.json").is_file()
 
 
 def _check_out(out, overwrite):

@@ -73,6 +73,9 @@ class Placement:
     scope: object  # a context manager factory
     replicas: int
     chief: bool
+    # JAX only: every batch must split evenly over the devices, and each process feeds its own share of it.
+    batch_multiple: int = 1
+    shard: tuple = (0, 1)
     vector_logs: bool = False  # see zoo.models.Autoencoder.vector_logs
 
 
@@ -95,7 +98,8 @@ def place(strategy="default"):
 
         multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
             getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
-        return Placement(name, strategy.scope, strategy.num_replicas_in_sync, is_chief(strategy), multi_worker)
+        return Placement(name, strategy.scope, strategy.num_replicas_in_sync, is_chief(strategy),
+                         vector_logs=multi_worker)
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ZooError("--strategy must be one of {}; got {!r}.".format(", ".join(STRATEGIES), strategy))
     if strategy == "default":
@@ -106,10 +110,16 @@ def place(strategy="default"):
     if strategy == "multiworker":
         keras.distribution.initialize()
     devices = keras.distribution.list_devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    distribution = keras.distribution.DataParallel(devices=devices)
     import jax
 
-    return Placement(strategy, contextlib.nullcontext, len(devices), jax.process_index() == 0)
+    @contextlib.contextmanager
+    def scope():
+        with distribution.scope():
+            yield
+
+    return Placement(strategy, scope, len(devices), jax.process_index() == 0, batch_multiple=len(devices),
+                     shard=(jax.process_index(), jax.process_count()))
 
 
 def library_versions():
@@ -172,6 +182,8 @@ class _EpochLine(keras.callbacks.Callback):
 def _check_resume(out, run_key):
     """A backup from other settings would resume the wrong run: refuse rather than mix them."""
     key_file = out / BACKUP_DIR / "run_key.json"
+    if (out / BACKUP_DIR).exists() and not key_file.exists() and checkpoint.read_state(out / BACKUP_DIR) is None:
+        shutil.rmtree(out / BACKUP_DIR)  # killed before its first write: nothing in it to resume
     if (out / BACKUP_DIR).exists():
         try:
             previous = json.loads(key_file.read_text()) if key_file.exists() else None
@@ -239,20 +251,29 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
                        data_dir=data_dir, limit=settings["limit"])
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    lock = fileio.FolderLock(out)
     try:
-        with fileio.FolderLock(out):
-            state = _check_out(out, overwrite)  # again: another writer may have finished meanwhile
-            if overwrite and state in ("complete", "interrupted"):
-                _clear_old_run(out)
-            fileio.write_marker(out, "run")
-            fileio.remove_partials(out)
-            (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
-            return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks)
+        lock.acquire()
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # empty unless the holder of the lock made it too: then it stays
+        raise
+    try:
+        state = _check_out(out, overwrite)  # again: another writer may have finished meanwhile
+        if overwrite and state in ("complete", "interrupted"):
+            _clear_old_run(out)
+        fileio.write_marker(out, "run")
+        fileio.remove_partials(out)
+        (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
+        return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks)
     except BaseException:
         if created and out.is_dir() and checkpoint.read_state(out / BACKUP_DIR) is None \
                 and not (out / COMPLETE).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty or half-made folder
         raise
+    finally:
+        lock.release()
 
 
 def _warn(message):
@@ -283,10 +304,12 @@ def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, c
     saver = checkpoint.Checkpoint(out / BACKUP_DIR, state)
     progress = [_EpochLine(settings["epochs"])] if verbose == 2 else []  # a log file: one line per epoch
     if first_epoch < settings["epochs"]:  # a run killed after its last epoch goes straight to the evaluation
-        model.fit(splits.train(first_epoch, settings["epochs"]), steps_per_epoch=splits.steps_per_epoch,
-                  initial_epoch=first_epoch, epochs=settings["epochs"], validation_data=splits.val,
-                  verbose=1 if verbose == 1 else 0, shuffle=False,
-                  callbacks=[saver, nan_guard, *progress, *callbacks])
+        with placement.scope():
+            model.fit(splits.train(first_epoch, settings["epochs"], placement.batch_multiple, placement.shard),
+                      steps_per_epoch=splits.steps_per_epoch, initial_epoch=first_epoch, epochs=settings["epochs"],
+                      validation_data=splits.validation(placement.batch_multiple, placement.shard),
+                      verbose=1 if verbose == 1 else 0, shuffle=False,
+                      callbacks=[saver, nan_guard, *progress, *callbacks])
     if nan_guard.bad_epoch is not None:
         shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
         raise TrainingDiverged("Training {} diverged: the loss became NaN{}. Lower the learning rate "

@@ -183,7 +183,12 @@ class Autoencoder(keras.Model):
         is the model's output for x (corrupted and sampled in training) and `self.losses` holds the
         regularizer terms that forward pass added, in the order of `regularizer_terms`."""
         terms = {"reconstruction_loss": self.reconstruction_error(x, y_pred)}
-        terms.update(zip(self.regularizer_terms, self.losses))
+        added = self.losses
+        if len(added) != len(self.regularizer_terms):
+            raise ValueError("{} added {} losses in its forward pass but names {} ({}); a layer with its own "
+                             "regularizer would be summed under the wrong name.".format(
+                                 self.registry_name, len(added), len(self.regularizer_terms), self.regularizer_terms))
+        terms.update(zip(self.regularizer_terms, added))
         loss = sum(terms.values())
         for tracker in self._trackers:
             tracker.update_state(loss if tracker.name == "loss" else terms[tracker.name])
