@@ -99,3 +99,39 @@ def test_mirrored_on_jax_is_data_parallel_over_the_devices(idx_dir, tmp_path):
     # The same global batches, split over two devices: the same training up to float rounding.
     assert result["mirrored"]["test"] == pytest.approx(result["default"]["test"], rel=1e-3)
     assert result["odd"] > 0
+
+
+MULTIWORKER = textwrap.dedent("""
+    import sys
+    from zoo import train
+    sys.exit(train.main(sys.argv[1:]))
+""")
+
+
+def test_multiworker_on_jax_two_local_processes(idx_dir, tmp_path):
+    """Two processes joined by jax.distributed (gloo on CPU), each feeding half of every global batch: the
+    same training as one process, and only process 0 writes the run dir."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["deep_ae_mnist", "--epochs", "2", "--limit", "256", "--batch-size", "64", "--data-dir", str(idx_dir),
+            "--quiet"]
+    procs = []
+    for rank in range(2):
+        env = jax_env(tmp_path, KERAS_DISTRIBUTION_JOB_ADDRESSES="127.0.0.1:{}".format(port),
+                      KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-c", MULTIWORKER, *args, "--out", str(tmp_path / "multi"),
+                                       "--strategy", "multiworker"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0], [err[-2000:] for _, err in results]
+    single = subprocess.run([sys.executable, "-c", MULTIWORKER, *args, "--out", str(tmp_path / "single")], cwd=ROOT,
+                            env=jax_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    config = json.loads((tmp_path / "multi" / "config.json").read_text())
+    assert config["training"]["replicas"] == 2 and config["training"]["strategy"] == "multiworker"
+    errors = [json.loads((tmp_path / run / "metrics.json").read_text())["metrics"]["sq_error_per_image"]
+              for run in ("multi", "single")]
+    assert errors[0] == pytest.approx(errors[1], rel=1e-4)

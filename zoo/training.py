@@ -84,9 +84,9 @@ def place(strategy="default"):
 
     TensorFlow: the tf.distribute strategies (or a tf.distribute.Strategy given directly). JAX:
     "mirrored" is keras.distribution.DataParallel over this host's devices, "multiworker" first joins
-    the processes with keras.distribution.initialize (jax.distributed; the coordinator comes from the
-    standard variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or is detected on a
-    cluster) and then spreads the batch over every process's devices. PyTorch: one device.
+    the processes with keras.distribution.initialize (jax.distributed; the cluster comes from
+    KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID,
+    or is detected by JAX) and then spreads the batch over every process's devices. PyTorch: one device.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -107,11 +107,22 @@ def place(strategy="default"):
     if backend != "jax":
         raise ZooError("--strategy {} needs the TensorFlow or JAX backend; this is {} (set KERAS_BACKEND).".format(
             strategy, backend))
-    if strategy == "multiworker":
-        keras.distribution.initialize()
-    devices = keras.distribution.list_devices()
-    distribution = keras.distribution.DataParallel(devices=devices)
     import jax
+
+    if strategy == "multiworker":
+        # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
+        with contextlib.suppress(AttributeError, ValueError):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            keras.distribution.initialize()
+        except Exception as exc:  # jax.distributed raises RuntimeError/ValueError with its own words
+            raise ZooError("--strategy multiworker could not join the processes ({}: {}). Set "
+                           "KERAS_DISTRIBUTION_JOB_ADDRESSES (coordinator host:port first), "
+                           "KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID on every host."
+                           .format(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")) from None
+    devices = keras.distribution.list_devices()
+    # zoo.data's batches are already this process's share (Placement.shard): no auto-sharding on top.
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
 
     @contextlib.contextmanager
     def scope():
