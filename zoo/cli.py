@@ -14,6 +14,7 @@ COMMANDS = {
     "release": ("export.release", "export.cli:release_main", "write release bundles with checksums"),
     "weights": ("zoo.weights", "zoo.weights:main", "list and fetch released weights"),
     "runtime": ("export.runtime", "export.runtime:main", "run an exported model with onnxruntime (no TensorFlow)"),
+    "search": ("zoo.search", "zoo.search:main", "index images by their codes and find similar ones (FAISS)"),
     "bench": ("benchmarks.throughput", "benchmarks.throughput:main", "onnxruntime vs TensorFlow throughput"),
     "quality": ("benchmarks.quality", "benchmarks.quality:main",
                 "reconstruction, retrieval and denoising quality of trained runs"),
