@@ -7,7 +7,6 @@ images. Precision@10 and mAP@100 for raw pixels, PCA, each exported model's floa
 search_examples.png. Every index is a FAISS index built by zoo.search.
 """
 
-import json
 import os
 import platform
 import sys
@@ -128,7 +127,7 @@ def measure(runs="runs", n_queries=10000, scale=1_000_000, examples_out=None):
                       file=sys.stderr, flush=True)
                 del index
         if examples_out:
-            example_figure(examples_out, encoder, x_test, test.labels, train, best)
+            example_figure(examples_out, encoder, test.labels, best)
     return {"dataset": DATASET, "database": "train split ({:,} images)".format(len(x_train)),
             "queries": "test split, first {:,} images".format(len(x_test)),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -140,13 +139,10 @@ def measure(runs="runs", n_queries=10000, scale=1_000_000, examples_out=None):
                             "distance": "squared L2 for float codes, Hamming for binary codes"}}
 
 
-def example_figure(path, encoder, x_test, test_labels, train, best):
+def example_figure(path, encoder, test_labels, best):
     """Six test images (one per class for the first six classes) and their ten nearest training images."""
     import tempfile
 
-    from zoo import data
-
-    info = data.get_info(DATASET)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "index"
         search.build("{}:train".format(DATASET), encoder.parent, folder, verbose=False)
@@ -155,7 +151,6 @@ def example_figure(path, encoder, x_test, test_labels, train, best):
         results, images = index.query(["{}:test:{}".format(DATASET, i) for i in picks], k=10)
         search.picture(path, index, results, images, title="{}: test queries and their 10 nearest training images "
                                                             "(exact L2 on the codes)".format(best))
-    del info, x_test, train
 
 
 def to_markdown(result):
