@@ -69,7 +69,7 @@ def test_index_a_dataset_split_with_each_kind(kind, bits, binarize, models, idx_
     assert index.meta["count"] == 120 and len(index.items) == 120
     if kind.startswith("binary"):
         assert index.meta["binary"]["bits"] == bits
-        assert index.meta["binary"]["method"] == (binarize or "lsh")  # 16 bits > the tiny code's 4 units
+        assert index.meta["binary"]["method"] == (binarize or "itq")  # itq past the tiny code's 4 units too
     results, _ = index.query(["mnist:test:3", "7"], k=5)
     assert all(len(r["neighbours"]) == 5 for r in results)
     assert results[0]["label"] == 3 and all("label_name" in n for n in results[0]["neighbours"])
@@ -90,8 +90,9 @@ def test_itq_and_threshold_binarizers():
     np.testing.assert_array_equal(bits, (sigmoid > 0.5).astype(np.uint8))
     with pytest.raises(search.SearchError, match="multiple of 8"):
         search.Binarizer.fit(codes, 12)
-    with pytest.raises(search.SearchError, match="use --binarize lsh"):
-        search.Binarizer.fit(codes, 32, "itq")
+    wide = search.Binarizer.fit(codes, 32)  # more bits than units: random rotation up, then ITQ
+    assert wide.method == "itq" and len(wide.transforms) == 2 and wide(codes).shape == (500, 4)
+    assert len(np.unique(np.unpackbits(wide(codes), axis=1), axis=0)) > 400  # the bits tell the codes apart
 
 
 def test_refusals_are_one_line(models, pngs, tmp_path, capsys):

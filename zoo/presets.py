@@ -50,6 +50,9 @@ _RECIPES = {
                       epochs=30, learning_rate=2e-3),
     "contractive_ae": dict(description="30 sigmoid units, contractive penalty weight 0.5",
                            model_config=dict(latent_dim=30, contractive_weight=0.5), epochs=30, learning_rate=2e-3),
+    "semantic_hash": dict(description="784-1000-500-250-{latent_dim} ReLU stack, sigmoid code with noise stddev 4 "
+                                      "before it in training (Salakhutdinov & Hinton 2009): {latent_dim}-bit codes",
+                          model_config=dict(latent_dim=32, code_noise=4.0), epochs=40),
     "vae": dict(description="Dense VAE 512-256, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
                 model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=40),
     "conv_vae": dict(description="conv VAE ({filters} filters), {latent_dim}-d Gaussian latent, Bernoulli (BCE) "

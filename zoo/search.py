@@ -25,7 +25,7 @@ BINARIZERS = ("itq", "lsh", "threshold")
 INDEX_KIND = "search-index"  # the marker kind of an index folder (zoo.fileio.MARKER)
 FORMAT_VERSION = 1
 META, ITEMS, CODES, INDEX, TRANSFORM, THRESHOLDS = (
-    "meta.json", "items.json", "codes.npy", "index.faiss", "transform.faiss", "thresholds.npy")
+    "meta.json", "items.json", "codes.npy", "index.faiss", "transform-{}.faiss", "thresholds.npy")
 HNSW_M = 32
 HNSW_EF_SEARCH = 64
 
@@ -113,19 +113,20 @@ def read_source(source, image_shape, limit=None):
 
 
 class Binarizer:
-    """Codes -> bits. "itq": PCA to `bits` dimensions and the iterative quantization rotation of Gong &
-    Lazebnik (2011), signs (bits <= code size); "lsh": a random rotation to `bits` dimensions, each bit
-    thresholded at its median over the indexed codes (any bits); "threshold": each code unit at 0.5 (a
-    sigmoid code, as in semantic hashing) or at its median (bits = code size). Fitted on the indexed codes."""
+    """Codes -> bits. "itq": the iterative quantization rotation of Gong & Lazebnik (2011) after PCA to `bits`
+    dimensions, or, for more bits than code units, after a random rotation up to `bits` dimensions; the
+    bits are the signs. "lsh": a random rotation to `bits` dimensions, each bit thresholded at its median
+    (the classic baseline). "threshold": each code unit at 0.5 (a sigmoid code, as in semantic hashing) or
+    at its median (bits = code size). Fitted on the indexed codes."""
 
-    def __init__(self, method, bits, transform=None, thresholds=None):
-        self.method, self.bits, self.transform, self.thresholds = method, int(bits), transform, thresholds
+    def __init__(self, method, bits, transforms=(), thresholds=None):
+        self.method, self.bits, self.transforms, self.thresholds = method, int(bits), list(transforms), thresholds
 
     @classmethod
     def fit(cls, codes, bits, method=None, seed=1234):
         faiss = _faiss()
         d = codes.shape[1]
-        method = method or ("itq" if bits <= d else "lsh")
+        method = method or "itq"
         if method not in BINARIZERS:
             raise SearchError("--binarize must be one of {}; got {!r}.".format(", ".join(BINARIZERS), method))
         if method == "threshold":
@@ -134,36 +135,39 @@ class Binarizer:
             raise SearchError("Binary codes need a multiple of 8 bits{}; got {}.".format(
                 " (threshold gives one bit per code unit: the code size, {})".format(d) if method == "threshold"
                 else "", bits))
-        if method == "itq" and bits > d:
-            raise SearchError("ITQ makes at most as many bits as the code has units ({}); use --binarize lsh for "
-                              "{} bits.".format(d, bits))
         x = np.ascontiguousarray(codes, dtype=np.float32)
         if method == "threshold":
             inside = float(x.min()) >= 0.0 and float(x.max()) <= 1.0
             return cls(method, bits, thresholds=np.full(d, 0.5, np.float32) if inside else np.median(x, axis=0))
-        if method == "itq":
-            transform = faiss.ITQTransform(d, bits, True)
-            transform.train(x)
-            return cls(method, bits, transform, np.zeros(bits, np.float32))
-        transform = faiss.RandomRotationMatrix(d, bits)
-        transform.init(seed)
-        return cls(method, bits, transform, np.median(transform.apply(x), axis=0).astype(np.float32))
+        transforms = []
+        if method == "lsh" or bits > d:  # up (or across) to `bits` dimensions
+            rotation = faiss.RandomRotationMatrix(d, bits)
+            rotation.init(seed)
+            transforms.append(rotation)
+            x = rotation.apply(x)
+        if method == "lsh":
+            return cls(method, bits, transforms, np.median(x, axis=0).astype(np.float32))
+        itq = faiss.ITQTransform(x.shape[1], bits, x.shape[1] > bits)  # PCA only to go down
+        itq.train(x)
+        return cls(method, bits, transforms + [itq], np.zeros(bits, np.float32))
 
     def __call__(self, codes):
         x = np.ascontiguousarray(codes, dtype=np.float32)
-        if self.transform is not None:
-            x = self.transform.apply(x)
+        for transform in self.transforms:
+            x = transform.apply(x)
         return np.packbits(x > self.thresholds, axis=1)
 
     def save(self, folder):
-        if self.transform is not None:
-            _faiss().write_VectorTransform(self.transform, str(folder / TRANSFORM))
+        for i, transform in enumerate(self.transforms):
+            _faiss().write_VectorTransform(transform, str(folder / TRANSFORM.format(i)))
         np.save(folder / THRESHOLDS, self.thresholds)
 
     @classmethod
     def load(cls, folder, method, bits):
-        transform = _faiss().read_VectorTransform(str(folder / TRANSFORM)) if (folder / TRANSFORM).is_file() else None
-        return cls(method, bits, transform, np.load(folder / THRESHOLDS))
+        transforms = []
+        while (folder / TRANSFORM.format(len(transforms))).is_file():
+            transforms.append(_faiss().read_VectorTransform(str(folder / TRANSFORM.format(len(transforms)))))
+        return cls(method, bits, transforms, np.load(folder / THRESHOLDS))
 
 
 # --- indexes -------------------------------------------------------------------------------------------------
@@ -396,8 +400,8 @@ def main(argv=None):
     p.add_argument("--kind", default="flat", choices=KINDS, help="flat: exact L2; hnsw: approximate L2; binary: "
                                                                 "exact Hamming; binary-hnsw (default %(default)s)")
     p.add_argument("--bits", type=int, default=32, help="binary code length, a multiple of 8 (default %(default)s)")
-    p.add_argument("--binarize", choices=BINARIZERS, help="itq (bits <= code size, the default there), lsh "
-                                                           "(default above), threshold (one bit per code unit)")
+    p.add_argument("--binarize", choices=BINARIZERS, default="itq",
+                   help="itq (default), lsh (random rotation, median thresholds), threshold (one bit per code unit)")
     p.add_argument("--limit", type=int, help="index only the first N images")
     p.add_argument("--quiet", action="store_true")
     q = sub.add_parser("query", help="find the items most like each query")

@@ -6,10 +6,11 @@ from zoo.models.contractive_ae import ContractiveAE
 from zoo.models.conv_ae import ConvAE
 from zoo.models.dae import ConvDenoisingAE, Corruption, DenoisingAE, apply_noise
 from zoo.models.deep_ae import DeepAE
+from zoo.models.semantic_hash import SemanticHash
 from zoo.models.sparse_ae import SparseAE
 from zoo.models.vae import VAE, ConvVAE, Sampler
 
 __all__ = [
     "AE", "Autoencoder", "ContractiveAE", "ConvAE", "ConvDenoisingAE", "ConvVAE", "Corruption", "DeepAE",
-    "DenoisingAE", "LinearAE", "Sampler", "SparseAE", "VAE", "apply_noise", "reconstruction_error",
+    "DenoisingAE", "LinearAE", "Sampler", "SemanticHash", "SparseAE", "VAE", "apply_noise", "reconstruction_error",
 ]
