@@ -18,16 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax")
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def presets_of(dataset):
     from zoo.presets import PRESETS
 
@@ -81,7 +71,9 @@ def measure(presets, backends=BACKENDS, epochs=3, limit=6000, gpu_runs=None):
             if gpu_runs and (Path(gpu_runs) / preset / "metrics.json").is_file():
                 row["gpu"] = run_figures(Path(gpu_runs) / preset)
             rows.append(row)
-    return {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+    from benchmarks.throughput import _cpu_model
+
+    return {"machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
             "versions": versions(), "epochs": epochs, "limit": limit, "backends": list(backends), "rows": rows,
             "unit": "training images/s: median over the epochs after the first (zoo.train's metrics.json timing)"}
 
@@ -135,9 +127,19 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=6000, help="training images per epoch (0: all)")
     parser.add_argument("--gpu-runs", help="folder of run dirs trained on a GPU by benchmarks/gpu_train.sh")
     parser.add_argument("--out", help="folder for training.json and training.md (default: print only)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other presets' rows of OUT/training.json (same epochs and limit only)")
     args = parser.parse_args(argv)
     result = measure(args.presets or presets_of("fashion_mnist"), tuple(args.backends.split(",")), args.epochs,
                      args.limit or None, args.gpu_runs)
+    old_file = Path(args.out or ".") / "training.json"
+    if args.merge and old_file.is_file():
+        old = json.loads(old_file.read_text())
+        if (old["epochs"], old["limit"], old["backends"]) != (result["epochs"], result["limit"], result["backends"]):
+            parser.error("--merge: {} was measured with other epochs, limit or backends".format(old_file))
+        measured = {row["preset"] for row in result["rows"]}
+        result["rows"] = sorted([r for r in old["rows"] if r["preset"] not in measured] + result["rows"],
+                                key=lambda r: r["preset"])
     text = to_markdown(result)
     print(text)
     if args.out:

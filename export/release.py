@@ -2,7 +2,6 @@
 `python -m export.release runs/dae_mnist runs/conv_vae_mnist --out dist/` writes dist/<preset>/ and dist/index.json."""
 
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -37,12 +36,7 @@ class ReleaseError(ZooError):
     """A bundle cannot be made from the given run dirs."""
 
 
-def sha256_file(path, chunk_size=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_file = fileio.sha256_file
 
 
 def tar_gz(src_dir, dest, arcname):

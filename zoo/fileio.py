@@ -48,6 +48,17 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
+def sha256_file(path, chunk_size=1 << 20):
+    """The hex sha256 of a file, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)

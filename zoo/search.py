@@ -9,7 +9,6 @@ Encoding uses export.runtime (numpy and onnxruntime): no TensorFlow. An index re
 encoder that made it, and a query encoded by another model is refused.
 """
 
-import hashlib
 import json
 import sys
 import time
@@ -43,12 +42,7 @@ def _faiss():
     return faiss
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_file = fileio.sha256_file
 
 
 # --- the model ---------------------------------------------------------------------------------------------

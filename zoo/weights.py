@@ -125,12 +125,7 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_sha256 = fileio.sha256_file
 
 
 def _download(url, dest, staging, entry=None, verbose=True):
