@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce every committed result for the fashion_mnist presets with one command:
 # train each preset with its defaults on the real Fashion-MNIST, export with the parity check, build release
-# bundles, evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, regenerate MODEL_CARDS.md.
+# bundles, evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, measure similar-image search
+# and training speed per backend, regenerate MODEL_CARDS.md.
 #   bash benchmarks/reproduce.sh                 (about 5 hours on 2 cores, most of it the three conv presets)
 #   PRESETS="deep_ae_fashion_mnist conv_ae_fashion_mnist" bash benchmarks/reproduce.sh
 # Trained runs that already have metrics.json are kept (delete runs/<preset>/ to retrain one).
@@ -27,5 +28,7 @@ for p in $PRESETS; do cp "dist/$p/manifest.json" "benchmarks/results/releases/$p
 $PY -m benchmarks.quality $PRESETS
 # shellcheck disable=SC2086
 $PY -m benchmarks.throughput $RUN_DIRS --max-seconds 0.5 --out benchmarks/results/
+$PY -m benchmarks.search --runs runs --out benchmarks/results/     # similar-image search, float and binary codes
+$PY -m benchmarks.training_speed --out benchmarks/results/          # training images/s per Keras backend
 $PY -m benchmarks.cards
 echo "Results in benchmarks/results/ and MODEL_CARDS.md"
