@@ -121,12 +121,14 @@ def search_lines(name, search):
     if not rows:
         return ["Similar-image search: not measured (`python -m benchmarks.search`)."]
     floats = next((r for r in rows if r["index"] == "flat"), None)
+    run = (search.get("runs") or {}).get(name)
+    which = "" if run is None else " (codes of a run with test sq. error {:.2f})".format(run["sq_error_per_image"])
     binary = ["{} bits ({}) {:.3f}".format(r["bits"], r["binarize"], r["precision_at_10"])
               for r in rows if r["index"] == "binary"]
-    return ["Similar-image search (`python -m zoo.search`; test images query the 60,000 training images): "
+    return ["Similar-image search (`python -m zoo.search`; test images query the 60,000 training images){}: "
             "float codes precision@10 {:.3f}, mAP@100 {:.3f}; binary codes precision@10: {}. See "
             "[benchmarks/results/search.md](benchmarks/results/search.md).".format(
-                floats["precision_at_10"], floats["map_at_100"], ", ".join(binary) or "not measured")]
+                which, floats["precision_at_10"], floats["map_at_100"], ", ".join(binary) or "not measured")]
 
 
 def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=None, search=None):

@@ -7,6 +7,7 @@ images. Precision@10 and mAP@100 for raw pixels, PCA, each exported model's floa
 search_examples.png. Every index is a FAISS index built by zoo.search.
 """
 
+import json
 import os
 import platform
 import sys
@@ -95,8 +96,13 @@ def measure(runs="runs", n_queries=10000, scale=1_000_000, examples_out=None):
     for bits in BITS:
         add("PCA-30", pca_db, pca_q, "binary", bits)
 
-    codes = {}
+    codes, indexed_runs = {}, {}
     for preset, encoder in models_in(runs).items():
+        run_dir = encoder.parent.parent
+        indexed_runs[preset] = {
+            "run_dir": str(run_dir),
+            "sq_error_per_image": json.loads((run_dir / "metrics.json").read_text())["metrics"]["sq_error_per_image"],
+            "epochs": json.loads((run_dir / "config.json").read_text())["training"]["epochs"]}
         rt = Runtime(encoder)
         db, queries = rt.encode(x_train).astype(np.float32), rt.encode(x_test).astype(np.float32)
         codes[preset] = (db, queries, encoder)
@@ -133,7 +139,7 @@ def measure(runs="runs", n_queries=10000, scale=1_000_000, examples_out=None):
             "queries": "test split, first {:,} images".format(len(x_test)),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "faiss": search._faiss().__version__, "threads": search._faiss().omp_get_max_threads()},
-            "best_float_code": best, "rows": rows, "speed": speed,
+            "best_float_code": best, "runs": indexed_runs, "rows": rows, "speed": speed,
             "definitions": {"precision_at_10": "share of the 10 nearest training images with the query's class",
                             "map_at_100": "mean over queries of the average precision over the 100 nearest, "
                                           "divided by 100 (every class has 6,000 training images)",
@@ -165,6 +171,11 @@ def to_markdown(result):
         lines.append("| {} | {} | {} | {} | {} | {:.3f} | {:.3f} | {:,.1f} |".format(
             r["representation"], r["dims"], r["index"], r["bits"] or "", r["binarize"] or "", r["precision_at_10"],
             r["map_at_100"], r["bytes_per_item"]))
+    if result.get("runs"):
+        lines += ["", "The models' codes come from these runs (their own test sq. error per image; the model cards' "
+                      "quality figures may come from other runs of the same recipes):", ""]
+        lines += ["- {}: {} epochs, sq. error {:.2f}".format(preset, run["epochs"], run["sq_error_per_image"])
+                  for preset, run in sorted(result["runs"].items())]
     if result["speed"]:
         lines += ["", "## Query speed ({})".format(result["best_float_code"]), "",
                   "One query at a time (median of 200) and a batch of 1,000 queries, k = 10; 32-bit binary codes.",
