@@ -23,7 +23,8 @@ DATASET = "fashion_mnist"
 
 
 def precision_and_map(neighbour_labels, query_labels, k_precision=10, k_map=100):
-    """P@k and mAP@k (AP over the top k, normalized by min(k, relevant items), as in the hashing literature)."""
+    """P@k and mAP@k: AP over the top k divided by min(k, relevant items in the database). Other papers divide
+    by the relevant items found in the top k; the two differ, so compare with care."""
     relevant = neighbour_labels == query_labels[:, None]
     p_at = relevant[:, :k_precision].mean()
     top = relevant[:, :k_map]
@@ -157,7 +158,7 @@ def example_figure(path, encoder, test_labels, best):
         picks = [int(np.flatnonzero(test_labels == c)[0]) for c in range(6)]
         results, images = index.query(["{}:test:{}".format(DATASET, i) for i in picks], k=10)
         search.picture(path, index, results, images, title="{}: test queries and their 10 nearest training images "
-                                                            "(exact L2 on the codes)".format(best))
+                                                            "(exact L2; squared distances)".format(best))
 
 
 def to_markdown(result):

@@ -72,6 +72,7 @@ MIRRORED = textwrap.dedent("""
     import json, sys
     import jax
     from zoo import train
+    from zoo.errors import ZooError
     preset, idx, out = sys.argv[1:4]
     result = {"devices": jax.device_count()}
     for name in ("default", "mirrored"):
@@ -84,6 +85,11 @@ MIRRORED = textwrap.dedent("""
     run = train.train(preset, out=out + "/odd", epochs=1, limit=251, batch_size=64, data_dir=idx, verbose=0,
                       strategy="mirrored")
     result["odd"] = json.load(open(run / "metrics.json"))["metrics"]["sq_error_per_image"]
+    try:  # a global batch that does not split over the devices is refused before any work
+        train.train(preset, out=out + "/bad", epochs=1, limit=256, batch_size=63, data_dir=idx, verbose=0,
+                    strategy="mirrored")
+    except ZooError as exc:
+        result["refused"] = str(exc)
     print("RESULT " + json.dumps(result))
 """)
 
@@ -99,6 +105,7 @@ def test_mirrored_on_jax_is_data_parallel_over_the_devices(idx_dir, tmp_path):
     # The same global batches, split over two devices: the same training up to float rounding.
     assert result["mirrored"]["test"] == pytest.approx(result["default"]["test"], rel=1e-3)
     assert result["odd"] > 0
+    assert "--batch-size 63 does not split evenly over the 2 devices" in result["refused"]
 
 
 MULTIWORKER = textwrap.dedent("""

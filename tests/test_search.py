@@ -83,11 +83,16 @@ def test_itq_and_threshold_binarizers():
     codes = rng.normal(size=(500, 24)).astype(np.float32)
     itq = search.Binarizer.fit(codes, 16)
     assert itq.method == "itq" and itq(codes).shape == (500, 2)
-    sigmoid = 1 / (1 + np.exp(-codes))
-    threshold = search.Binarizer.fit(sigmoid, 99, "threshold")
+    hashed = 1 / (1 + np.exp(np.clip(-30 * codes, -60, 60)))  # nearly binary, as semantic hashing learns
+    threshold = search.Binarizer.fit(hashed, 99, "threshold")
     assert threshold.bits == 24 and np.all(threshold.thresholds == 0.5)
-    bits = np.unpackbits(threshold(sigmoid), axis=1)
-    np.testing.assert_array_equal(bits, (sigmoid > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(np.unpackbits(threshold(hashed), axis=1), (hashed > 0.5).astype(np.uint8))
+    sparse = 0.3 / (1 + np.exp(-codes))  # a code in [0, 1] that stays below 0.5: cut at each unit's median
+    cut = search.Binarizer.fit(sparse, 99, "threshold")
+    np.testing.assert_allclose(cut.thresholds, np.median(sparse, axis=0))
+    assert np.unpackbits(cut(sparse), axis=1).mean() == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(search.SearchError, match="needs at least 24"):
+        search.Binarizer.fit(codes[:10], 16)
     with pytest.raises(search.SearchError, match="multiple of 8"):
         search.Binarizer.fit(codes, 12)
     wide = search.Binarizer.fit(codes, 32)  # more bits than units: random rotation up, then ITQ
@@ -105,6 +110,9 @@ def test_refusals_are_one_line(models, pngs, tmp_path, capsys):
         (["query", str(tmp_path), "1"], "is not a search index"),
         (["index", str(pngs), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "i2")], "No encoder.onnx"),
         (["index", "nowhere", "--model", str(models["ae"]), "--out", str(tmp_path / "i3")], "neither DATASET:SPLIT"),
+        (["index", str(pngs), "--model", str(models["ae"]), "--out", str(tmp_path / "i4"), "--kind", "binary",
+          "--bits", "16"], "needs at least 16"),
+        (["query", str(out), "mnist:validation:3"], "the split must be one of"),
     ]
     for args, message in cases:
         assert search.main(args) == 2, args

@@ -174,9 +174,10 @@ def _batches_class():
     import keras
 
     class Batches(keras.utils.PyDataset):
-        """Batches of uint8 images as float32 in [0, 1]; with a seed, epoch e is the permutation drawn from
-        (seed, e). Keras calls on_epoch_end before the first epoch too (EpochIterator.reset), so the count
-        starts one below `first_epoch`; a resumed run sees the same orders as an uninterrupted one."""
+        """Batches of uint8 images as float32 in [0, 1]; with a seed, each epoch is a permutation drawn from
+        (seed, epoch counter). Keras calls on_epoch_end before the first epoch too (EpochIterator.reset), so
+        epoch e uses the counter e + 1; a resumed run (first_epoch = e) sees the same orders as an
+        uninterrupted one."""
 
         def __init__(self, images, batch_size, seed=None, first_epoch=0, batch_multiple=1, shard=(0, 1)):
             super().__init__()

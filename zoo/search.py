@@ -9,6 +9,7 @@ Encoding uses export.runtime (numpy and onnxruntime): no TensorFlow. An index re
 encoder that made it, and a query encoded by another model is refused.
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -60,10 +61,27 @@ def resolve_model(model):
                       "whose runs/<preset>/export exists (python -m export runs/<preset>).".format(model))
 
 
+@contextlib.contextmanager
+def _runtime_errors():
+    """export.runtime's errors (a corrupt encoder, images it cannot take) as one-line SearchErrors."""
+    from export import runtime
+
+    try:
+        yield
+    except runtime.InferenceError as exc:
+        raise SearchError(str(exc)) from None
+
+
 def _runtime(encoder):
     from export import runtime
 
-    return runtime.Runtime(encoder)
+    with _runtime_errors():
+        return runtime.Runtime(encoder)
+
+
+def _encode(rt, images):
+    with _runtime_errors():
+        return rt.encode(images).astype(np.float32)
 
 
 # --- sources: a dataset split or a folder of images ----------------------------------------------------------
@@ -96,10 +114,8 @@ def read_source(source, image_shape, limit=None):
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file())[:limit]
     if not files:
         raise SearchError("{} holds no .png files.".format(folder))
-    try:
+    with _runtime_errors():
         images = runtime.read_pngs(files, image_shape)
-    except runtime.InputError as exc:
-        raise SearchError(str(exc)) from None
     return images, [{"id": i, "path": str(p.resolve())} for i, p in enumerate(files)]
 
 
@@ -131,8 +147,14 @@ class Binarizer:
                 else "", bits))
         x = np.ascontiguousarray(codes, dtype=np.float32)
         if method == "threshold":
-            inside = float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-            return cls(method, bits, thresholds=np.full(d, 0.5, np.float32) if inside else np.median(x, axis=0))
+            # 0.5 only for a code that is nearly binary already (semantic hashing); any other code, a sparse
+            # sigmoid one included, would give almost constant bits there: cut each unit at its median instead.
+            near_binary = float(np.mean((x < 0.1) | (x > 0.9))) >= 0.9 and float(x.min()) >= 0 and float(x.max()) <= 1
+            return cls(method, bits, thresholds=np.full(d, 0.5, np.float32) if near_binary
+                       else np.median(x, axis=0).astype(np.float32))
+        if method == "itq" and len(x) < max(bits, d):
+            raise SearchError("ITQ learns its rotation from the indexed codes and needs at least {} of them; this "
+                              "index has {}. Index more images, or use --binarize lsh.".format(max(bits, d), len(x)))
         transforms = []
         if method == "lsh" or bits > d:  # up (or across) to `bits` dimensions
             rotation = faiss.RandomRotationMatrix(d, bits)
@@ -207,7 +229,7 @@ def build(source, model, out, kind="flat", bits=32, binarize=None, limit=None, v
     rt = _runtime(encoder)
     images, items = read_source(source, rt.image_shape, limit)
     start = time.perf_counter()
-    codes = rt.encode(images).astype(np.float32)
+    codes = _encode(rt, images)
     encode_s = time.perf_counter() - start
     index, binarizer = make_index(codes, kind, bits, binarize)
     faiss = _faiss()
@@ -217,7 +239,11 @@ def build(source, model, out, kind="flat", bits=32, binarize=None, limit=None, v
         "model": {"encoder": str(encoder.resolve()), "sha256": sha256_file(encoder),
                   "preset": rt.metadata.get("encoder", {}).get("preset"), "latent_dim": rt.latent_dim,
                   "input_shape": list(rt.image_shape)},
-        "binary": None if binarizer is None else {"bits": binarizer.bits, "method": binarizer.method},
+        "binary": None if binarizer is None else {
+            "bits": binarizer.bits, "method": binarizer.method,
+            "thresholds": "0.5" if binarizer.method == "threshold" and np.all(binarizer.thresholds == 0.5) else
+            "median per unit" if binarizer.method in ("threshold", "lsh") else "sign after the ITQ rotation"},
+        "distance": "Hamming (bits)" if binarizer is not None else "squared L2",
         "encode_seconds": encode_s,
     }
     with fileio.atomic_dir(out, INDEX_KIND, how="Choose an empty or new --out, or remove that folder yourself.") \
@@ -247,17 +273,21 @@ class Index:
             raise SearchError("{} is not a search index (no {}); build one with `python -m zoo.search index`."
                               .format(folder, META))
         self.folder = folder
-        self.meta = json.loads((folder / META).read_text())
-        self.items = json.loads((folder / ITEMS).read_text())
-        self.codes = np.load(folder / CODES, mmap_mode="r")
         faiss = _faiss()
-        binary = self.meta.get("binary")
-        if binary:
-            self.index = faiss.read_index_binary(str(folder / INDEX))
-            self.binarizer = Binarizer.load(folder, binary["method"], binary["bits"])
-        else:
-            self.index = faiss.read_index(str(folder / INDEX))
-            self.binarizer = None
+        try:
+            self.meta = json.loads((folder / META).read_text())
+            self.items = json.loads((folder / ITEMS).read_text())
+            self.codes = np.load(folder / CODES, mmap_mode="r")
+            binary = self.meta.get("binary")
+            if binary:
+                self.index = faiss.read_index_binary(str(folder / INDEX))
+                self.binarizer = Binarizer.load(folder, binary["method"], binary["bits"])
+            else:
+                self.index = faiss.read_index(str(folder / INDEX))
+                self.binarizer = None
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # FAISS reports a bad file as RuntimeError
+            raise SearchError("{} is a damaged search index ({}: {}); build it again.".format(
+                folder, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")) from None
         if self.meta["kind"].endswith("hnsw"):
             self.index.hnsw.efSearch = HNSW_EF_SEARCH
 
@@ -281,21 +311,26 @@ class Index:
         rt = None
         for query in queries:
             text = str(query)
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 i = int(text)
                 if i >= len(self.items):
                     raise SearchError("Item {} is not in {} (it holds {} items: 0..{}).".format(
                         i, self.folder, len(self.items), len(self.items) - 1))
                 codes.append(np.asarray(self.codes[i], np.float32))
-                images.append(self.item_image(i))
+                images.append(None)  # read only for a picture: the file may have moved since indexing
                 described.append({"query": text, "item": self.items[i]})
                 continue
             rt = rt or self.runtime(model)
             parts = text.split(":")
-            if len(parts) == 3 and parts[2].isdigit() and not Path(text).exists():
+            if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() and not Path(text).exists():
                 from zoo import data
 
+                if parts[1] not in data.SPLITS:
+                    raise SearchError("Query {}: the split must be one of {}.".format(text, ", ".join(data.SPLITS)))
                 arrays = data.load_arrays(parts[0], parts[1], limit=int(parts[2]) + 1)
+                if int(parts[2]) >= len(arrays.images):
+                    raise SearchError("Query {}: the {} split of {} has {} images (0..{}).".format(
+                        text, parts[1], parts[0], len(arrays.images), len(arrays.images) - 1))
                 image = data.normalize(arrays.images[int(parts[2]):int(parts[2]) + 1])
                 label = int(arrays.labels[int(parts[2])])
                 described.append({"query": text, "label": label,
@@ -307,12 +342,10 @@ class Index:
                 if not path.is_file():
                     raise SearchError("Query {} is neither an item number of the index, DATASET:SPLIT:N, nor an "
                                       "image file.".format(text))
-                try:
+                with _runtime_errors():
                     image = runtime.read_pngs([path], rt.image_shape)
-                except runtime.InputError as exc:
-                    raise SearchError(str(exc)) from None
                 described.append({"query": text, "path": str(path)})
-            codes.append(rt.encode(image)[0])
+            codes.append(_encode(rt, image)[0])
             images.append(image[0])
         return np.stack(codes).astype(np.float32), images, described
 
@@ -322,7 +355,8 @@ class Index:
         if "path" in item:
             from export import runtime
 
-            return runtime.read_pngs([item["path"]], tuple(self.meta["model"]["input_shape"]))[0]
+            with _runtime_errors():
+                return runtime.read_pngs([item["path"]], tuple(self.meta["model"]["input_shape"]))[0]
         from zoo import data
 
         arrays = data.load_arrays(item["dataset"], item["split"], limit=item["index"] + 1)
@@ -353,6 +387,8 @@ def picture(path, index, results, query_images, title=None):
     k = max(len(r["neighbours"]) for r in results)
     fig, axes = plt.subplots(len(results), k + 1, figsize=((k + 1) * 0.95, len(results) * 1.15 + 0.5), squeeze=False)
     for r, (result, image) in enumerate(zip(results, query_images)):
+        if image is None:
+            image = index.item_image(result["item"]["id"])
         cells = [(image, "query\n" + (result.get("label_name") or result.get("item", {}).get("label_name") or ""))]
         cells += [(index.item_image(n["id"]), "{}\n{:.3g}".format(n.get("label_name", n["id"]), n["distance"]))
                   for n in result["neighbours"]]
@@ -429,8 +465,9 @@ def main(argv=None):
                     if result.get("label_name") or result.get("item", {}).get("label_name") else ""))
                 for n in result["neighbours"]:
                     where = n.get("path") or "{}:{}:{}".format(n["dataset"], n["split"], n["index"])
-                    print("  {:>3}  id {:<7} distance {:<10.4g} {}{}".format(
-                        n["rank"], n["id"], n["distance"], n.get("label_name", ""), "  " + where))
+                    print("  {:>3}  id {:<7} {} {:<10.4g} {}{}".format(
+                        n["rank"], n["id"], "hamming" if index.binarizer is not None else "sq. L2", n["distance"],
+                        n.get("label_name", ""), "  " + where))
             if args.out:
                 print("picture: {}".format(args.out))
         return 0

@@ -249,8 +249,16 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
     preset = get_preset(preset)
     settings = resolve(preset, epochs, batch_size, lr, seed, limit)
     placement = place(strategy)
+    if settings["batch_size"] % placement.batch_multiple:
+        raise ZooError("--batch-size {} does not split evenly over the {} devices; use a multiple of {}, e.g. {}."
+                       .format(settings["batch_size"], placement.batch_multiple, placement.batch_multiple,
+                               settings["batch_size"] // placement.batch_multiple * placement.batch_multiple
+                               or placement.batch_multiple))
     chief = placement.chief
     out = Path(out) if out is not None else Path("runs") / preset.name
+    # Every process resumes from the chief's checkpoint (on storage they all see), so that all of them start
+    # from the same epoch and weights; the others then write their own checkpoints in a scratch folder.
+    resume_from = out / BACKUP_DIR
     if chief:
         _check_out(out, overwrite)  # before any work, so a refusal costs nothing
     else:
@@ -277,9 +285,11 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
         fileio.write_marker(out, "run")
         fileio.remove_partials(out)
         (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
-        return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks)
+        return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks, resume_from)
     except BaseException:
-        if created and out.is_dir() and checkpoint.read_state(out / BACKUP_DIR) is None \
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)  # a worker's scratch folder
+        elif created and out.is_dir() and checkpoint.read_state(out / BACKUP_DIR) is None \
                 and not (out / COMPLETE).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no empty or half-made folder
         raise
@@ -291,7 +301,7 @@ def _warn(message):
     print("warning: " + message, file=sys.stderr, flush=True)
 
 
-def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks):
+def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks, resume_from):
     with placement.scope():
         model = build_model(preset, settings["seed"])
         model.vector_logs = placement.vector_logs
@@ -304,7 +314,8 @@ def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, c
                "replicas": placement.replicas, "backend": keras.backend.backend()}
     resumed = _check_resume(out, run_key)
     with placement.scope():
-        state = checkpoint.restore(model, out / BACKUP_DIR, say=_warn)
+        source = out / BACKUP_DIR if placement.chief or not resume_from.is_dir() else resume_from
+        state = checkpoint.restore(model, source, say=_warn)
     first_epoch = state["epoch"]
     if verbose:
         print("{} {}: {} ({} train / {} val / {} test images from {})".format(
