@@ -189,8 +189,8 @@ def to_markdown(result):
     lines += ["", "precision@10: {}. mAP@100: {}.".format(result["definitions"]["precision_at_10"],
                                                           result["definitions"]["map_at_100"]),
               "Binary codes: ITQ (Gong & Lazebnik 2011: PCA down to the bits, or a random rotation up to them, then "
-              "the learned rotation), LSH (random rotation, median thresholds) as the baseline, or a sigmoid code "
-              "thresholded at 0.5."]
+              "the learned rotation), LSH (random rotation, median thresholds) as the baseline, or one bit per "
+              "code unit (threshold: at 0.5 for a nearly binary code, else at each unit's median)."]
     return "\n".join(lines) + "\n"
 
 
