@@ -21,7 +21,7 @@ from export import runtime
 from zoo.fileio import atomic_dir
 from zoo import data as zoo_data
 from zoo import fileio
-from export.layout import (DEFAULT_OPSET, ENDPOINTS, EXPORT_FILES, EXPORT_KIND, FORMATS, HOW_TO_REPLACE,
+from export.layout import (DEFAULT_OPSET, ENDPOINTS, EXPORT_FILES, EXPORT_KIND, FORMATS,
                            PARITY_FILE, ROLES, SAVEDMODEL_DIR, ExportError, _train_hint, resolve_run_dir)
 from zoo.errors import ZooError
 
@@ -400,7 +400,7 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
     if out.resolve() != default_out.resolve() and fileio.overlaps(out, run.dir):
         raise ExportError("--out {} overlaps the run dir {} that is being exported; choose a folder outside it (or "
                           "leave --out out: the export then goes to {}).".format(out, run.dir, default_out))
-    fileio.check_replaceable(out, EXPORT_KIND, EXPORT_FILES, HOW_TO_REPLACE)
+    fileio.check_replaceable(out, EXPORT_KIND, EXPORT_FILES)
     if images is None:
         images, inputs = parity_images(run, data_dir)
     else:
@@ -422,7 +422,7 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
 
 def _export(run, formats, opset, out, images, inputs, tolerance, say):
     meta = metadata(run, opset)
-    with atomic_dir(out, EXPORT_KIND, EXPORT_FILES, HOW_TO_REPLACE) as tmp:
+    with atomic_dir(out, EXPORT_KIND, EXPORT_FILES) as tmp:
         files = {}
         if "savedmodel" in formats:
             say("SavedModel -> {}".format(out / SAVEDMODEL_DIR))

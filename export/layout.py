@@ -18,7 +18,6 @@ RUN_FILES = ("model.keras", "config.json")
 ENDPOINTS = {"reconstruct": "autoencoder.onnx", "encode": "encoder.onnx", "decode": "decoder.onnx"}
 ROLES = {"encode": "encoder", "decode": "decoder", "reconstruct": "autoencoder"}
 EXPORT_KIND = "export"  # the marker kind of an export dir (zoo.fileio.MARKER)
-HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
 # What an unmarked aezoo 0.1 export dir held; parity.json, written last, is the one it always had.
 EXPORT_FILES = (PARITY_FILE, SAVEDMODEL_DIR, *ENDPOINTS.values())
 

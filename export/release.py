@@ -23,7 +23,6 @@ MANIFEST_VERSION = 1
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 RELEASE_KIND, BUNDLE_KIND = "release", "bundle"  # marker kinds (zoo.fileio.MARKER) of OUT/ and OUT/<preset>/
 BUNDLE_FILES = (MANIFEST, SUMS, SAVEDMODEL_ARCHIVE, "model.keras", *layout.ENDPOINTS.values())  # an 0.1 bundle
-HOW_TO_REPLACE = layout.HOW_TO_REPLACE
 
 
 def _exporter():
@@ -102,7 +101,7 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
     run_dir = layout.resolve_run_dir(run_dir)
     preset = _preset_of(run_dir)
     _check_out(out, [run_dir])
-    fileio.check_replaceable(Path(out) / preset, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE)
+    fileio.check_replaceable(Path(out) / preset, BUNDLE_KIND, BUNDLE_FILES)
     config = json.loads((run_dir / "config.json").read_text())
     export_dir = run_dir / "export"
     if reexport or not _export_is_current(run_dir, export_dir, opset):
@@ -113,7 +112,7 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
 
     dest = Path(out) / preset
-    with atomic_dir(dest, BUNDLE_KIND, BUNDLE_FILES, HOW_TO_REPLACE) as tmp:
+    with atomic_dir(dest, BUNDLE_KIND, BUNDLE_FILES) as tmp:
         files = []
         for endpoint in ("encode", "decode", "reconstruct"):
             name = layout.ENDPOINTS[endpoint]
@@ -171,7 +170,7 @@ def _check_out(out, run_dirs):
         legacy = all(p.name == INDEX or p.name.startswith((fileio.PARTIAL, fileio.OLD))
                      or (p.is_dir() and (p / MANIFEST).is_file() and (p / SUMS).is_file()) for p in out.iterdir())
         if not legacy:
-            fileio.check_replaceable(out, RELEASE_KIND, how=HOW_TO_REPLACE)
+            fileio.check_replaceable(out, RELEASE_KIND)
     elif out.exists() and not out.is_dir():
         raise ReleaseError("--out {} is a file, not a folder.".format(out))
 

@@ -70,7 +70,7 @@ def write_json(path, obj):
 
 
 @contextlib.contextmanager
-def atomic_dir(path, kind=None, known=(), how=""):
+def atomic_dir(path, kind=None, known=()):
     """Yield an empty temporary folder beside `path`; it replaces `path` only if the block succeeds.
 
     With `kind`, an existing `path` is replaced only if check_replaceable allows it (checked before
@@ -78,7 +78,7 @@ def atomic_dir(path, kind=None, known=(), how=""):
     """
     path = Path(path)
     if kind is not None:
-        check_replaceable(path, kind, known, how)
+        check_replaceable(path, kind, known)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix="{}{}-".format(PARTIAL, path.name)))
     _default_permissions(tmp, 0o777)
@@ -86,7 +86,7 @@ def atomic_dir(path, kind=None, known=(), how=""):
         yield tmp
         if kind is not None:
             write_marker(tmp, kind)
-            check_replaceable(path, kind, known, how)  # the user may have put files there meanwhile
+            check_replaceable(path, kind, known)  # the user may have put files there meanwhile
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,6 +117,9 @@ def replace_dir(src, dest):
 MARKER = ".aezoo"  # JSON {"kind": ...}: this folder was made by aezoo and may be replaced by the same kind of output
 
 
+HOW_TO_REPLACE = "Choose an empty or new --out, or remove that folder yourself if you no longer need it."
+
+
 class OutputFolderError(ZooError):
     """An output folder holds something aezoo did not make, or overlaps what is being read."""
 
@@ -133,7 +136,7 @@ def marker_kind(folder):
         return None
 
 
-def check_replaceable(folder, kind, known=(), how=""):
+def check_replaceable(folder, kind, known=()):
     """Raise OutputFolderError unless `folder` is missing, empty, marked as `kind`, or is an output of this
     kind from before folders were marked: it holds `known[0]` (the file that defines that output) and
     nothing but the names in `known`. Temporary names this module makes are not counted."""
@@ -146,7 +149,7 @@ def check_replaceable(folder, kind, known=(), how=""):
     if names and not (known and known[0] in names and names <= set(known)):
         raise OutputFolderError("{} already holds files that aezoo did not write ({}); refusing to replace it. {}".format(
             folder, ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else ""),
-            how or "Choose an empty or new output folder.").strip())
+            HOW_TO_REPLACE))
 
 
 def overlaps(a, b):

@@ -246,8 +246,7 @@ def build(source, model, out, kind="flat", bits=32, binarize=None, limit=None, v
         "distance": "Hamming (bits)" if binarizer is not None else "squared L2",
         "encode_seconds": encode_s,
     }
-    with fileio.atomic_dir(out, INDEX_KIND, how="Choose an empty or new --out, or remove that folder yourself.") \
-            as tmp:
+    with fileio.atomic_dir(out, INDEX_KIND) as tmp:
         (faiss.write_index_binary if binarizer is not None else faiss.write_index)(index, str(tmp / INDEX))
         np.save(tmp / CODES, codes)
         if binarizer is not None:
