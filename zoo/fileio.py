@@ -185,7 +185,7 @@ class FolderLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                holder = self._holder(fd)
                 os.close(fd)
                 raise OutputFolderError("{} is being written by {}; wait for it to finish or choose another --out."
                                         .format(self.path.parent, holder)) from None
@@ -204,6 +204,18 @@ class FolderLock:
                 os.close(fd)
                 raise
             os.close(fd)
+
+    @staticmethod
+    def _holder(fd):
+        """Who holds the lock: the holder writes its pid just after taking the flock, so wait a moment for it."""
+        import time
+
+        for _ in range(20):
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            if text:
+                return text
+            time.sleep(0.05)
+        return "another process"
 
     def release(self):
         if self._fd is not None:
