@@ -7,6 +7,8 @@
 `import zoo` itself is light: Keras (and TensorFlow) load on first use, so the command-line tools
 that only list, look up or download answer at once. The model classes are registered with Keras as
 soon as Keras is imported, so `keras.models.load_model("model.keras")` works after `import zoo`.
+Without the training extra (a runtime-only install), what needs Keras raises zoo.errors.MissingExtraError,
+one line that says what to install.
 """
 
 from zoo import _startup
@@ -21,7 +23,15 @@ def __getattr__(name):
     import importlib
 
     if name in __all__:
-        importlib.import_module("zoo.models")  # registers every family
+        try:
+            importlib.import_module("zoo.models")  # registers every family
+        except ModuleNotFoundError as exc:
+            from zoo.errors import missing_extra
+
+            missing = missing_extra(exc, "zoo." + name)
+            if missing is None:
+                raise
+            raise missing from None
         return getattr(importlib.import_module("zoo.registry"), name)
     try:  # a submodule used as an attribute, e.g. zoo.registry after a plain `import zoo`
         return importlib.import_module("zoo." + name)

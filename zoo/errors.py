@@ -67,8 +67,24 @@ def disk_error(exc):
     return None
 
 
-#: What training, export and evaluation need beyond numpy and onnxruntime.
-TRAINING_PACKAGES = {"tensorflow", "keras", "tensorflow_datasets", "tf2onnx", "sklearn", "matplotlib"}
+#: What training, export, evaluation and search need beyond numpy and onnxruntime: the `train` extra.
+TRAINING_PACKAGES = {"tensorflow", "keras", "tensorflow_datasets", "tf2onnx", "sklearn", "matplotlib", "onnx", "faiss"}
+INSTALL_TRAINING = 'pip install "aezoo[train]" (in a checkout: pip install -e ".[train]")'
+
+
+class MissingExtraError(ZooError, ImportError):
+    """Something that needs the training extra was used where it is not installed (the base install is the
+    TensorFlow-free runtime)."""
+
+
+def missing_extra(exc, what):
+    """A MissingExtraError for `what` (e.g. "zoo.build") if the ModuleNotFoundError `exc` is about a package of
+    the training extra, else None (a missing module of the zoo itself is a bug, not an install choice)."""
+    package = (getattr(exc, "name", None) or "").split(".")[0]
+    if package not in TRAINING_PACKAGES:
+        return None
+    return MissingExtraError("{} needs {}, which is not installed in this Python ({}); it comes with the training "
+                             "extra: {}".format(what, package, sys.executable, INSTALL_TRAINING))
 
 
 def run_cli(body, interrupted="Interrupted."):
@@ -83,11 +99,10 @@ def run_cli(body, interrupted="Interrupted."):
         print("\n" + interrupted, file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
-        package = (exc.name or "").split(".")[0]
-        if package not in TRAINING_PACKAGES:
+        missing = missing_extra(exc, "this command")
+        if missing is None:
             raise
-        print("error: this command needs {}, which is not installed in this Python ({}). Install the training "
-              "stack with `pip install -e .` in the aezoo checkout.".format(package, sys.executable), file=sys.stderr)
+        print("error: {}".format(missing), file=sys.stderr)
         return 2
     except Exception as exc:
         problem = disk_error(exc)
