@@ -9,7 +9,7 @@ RUN="runs/quickstart/$PRESET"  # the quickstart's own folder: running it again r
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[train,test]'  # training, export and benchmarks: the train extra
 PY=.venv/bin/python
 
 echo "== 1/4 data"
