@@ -1,15 +1,17 @@
 """Generate MODEL_CARDS.md from measured results only: run metrics and quality
-(benchmarks/results/quality.json), onnxruntime throughput (throughput.json) and release manifests.
+(benchmarks/results/quality.json), onnxruntime throughput (throughput.json) and the bundled release's manifests.
 
-`python -m benchmarks.cards` — a figure that was not measured is said to be missing, never typed in.
+`python -m benchmarks.cards` — a figure that was not measured is said to be missing, never typed in, and
+a run is described by the recipe it recorded, never by its preset's defaults.
 """
 
 import json
 import sys
 from pathlib import Path
 
-RESULTS_DIR = Path("benchmarks/results")
-DIST_DIR = Path("dist")
+from zoo import schema
+
+RESULTS_DIR = Path(schema.RESULTS_DIR)
 OUTPUT = Path("MODEL_CARDS.md")
 MISSING = "not measured"
 CARD_BATCH_SIZES = (1, 64, 1024)
@@ -49,11 +51,15 @@ def _fmt(value, spec="{:.3g}"):
     return MISSING if value is None else spec.format(value)
 
 
-def architecture(preset):
-    """Layer-by-layer summary and parameter counts, from the model the preset builds (computed, not typed)."""
+def architecture(preset, model_config=None):
+    """Layer-by-layer summary and parameter counts of the model a run recorded (`model_config`), else of the
+    preset's; computed, not typed."""
     import zoo
 
-    model = zoo.build(preset.model, **preset.model_config)
+    config = dict(model_config or preset.model_config)
+    for key in ("name", "trainable", "dtype"):
+        config.pop(key, None)
+    model = zoo.build(preset.model, **config)
     lines = []
     for part in (model.encoder, model.decoder):
         steps = []
@@ -103,13 +109,15 @@ def flops_text(name, throughput):
     return MISSING
 
 
-def release_lines(name, dist_dir, results_dir=RESULTS_DIR):
-    # dist/ is not committed; the manifests copied to results/releases/ keep the cards reproducible.
-    manifest = (_load_json(Path(dist_dir) / name / "manifest.json")
-                or _load_json(Path(results_dir) / "releases" / "{}.json".format(name)))
+def release_lines(name, release_dir):
+    manifest = _load_json(Path(release_dir) / name / schema.MANIFEST) if release_dir else None
     if not manifest:
-        return ["Released files: none built here (build with `python -m export.release runs/{}`).".format(name)]
-    lines = ["| file | size | sha256 |", "| --- | ---: | --- |"]
+        return ["Released files: none in this release (train the preset, then `python -m export.release "
+                "runs/{} --out releases/<version>`).".format(name)]
+    lines = ["Released files ({}, `{}`; every weight stored once: the Keras model is rebuilt from the ONNX "
+             "files):".format(manifest.get("release") or Path(release_dir).name,
+                              (Path(release_dir) / name).as_posix()), "",
+             "| file | size | sha256 |", "| --- | ---: | --- |"]
     for f in manifest.get("files", []):
         lines.append("| {} | {:,} B | `{}` |".format(f["file"], f["size"], f["sha256"]))
     return lines
@@ -131,7 +139,7 @@ def search_lines(name, search):
                 which, floats["precision_at_10"], floats["map_at_100"], ", ".join(binary) or "not measured")]
 
 
-def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=None, search=None):
+def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch=None, search=None):
     from zoo.data import get_info
     from zoo.registry import describe_models
 
@@ -144,8 +152,10 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=No
              "- FLOPs per image (ONNX graph): {}.".format(flops_text(preset.name, throughput)),
              "- Dataset: {}; inputs float32 in [0, 1], NHWC {}.".format(
                  preset.dataset, "x".join(str(d) for d in preset.model_config["input_shape"])),
-             "- Recipe: {} epochs, batch {}, Adam at {} with cosine decay, {} reconstruction loss, seed {}.".format(
-                 preset.epochs, preset.batch_size, preset.learning_rate, preset.reconstruction_loss, preset.seed),
+             ("- Recipe as trained: {}.".format(schema.recipe_text(quality.get("training"), quality.get("model_config"),
+                                                                   quality.get("overrides")))
+              if quality else "- Preset recipe (not trained here): {}.".format(schema.recipe_text(
+                  preset.to_dict(), preset.model_config))),
              "- Architecture:"] + ["  - {}".format(line) for line in arch] + [""]
     if quality is None:
         lines += ["**No measured results**: this preset has not been trained and evaluated here. Train and evaluate "
@@ -154,8 +164,9 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=No
         m, red, ret = quality["run_metrics"], quality["reduction"], quality["retrieval"]
         timing = quality.get("timing") or {}
         lines += [
-            "Test metrics ({} test images of the real split; trained {} epochs{}):".format(
+            "Test metrics ({} test images of the real split; trained {} epoch{}{}):".format(
                 "{:,}".format(get_info(preset.dataset).num_test), quality["training"]["epochs"],
+                "" if quality["training"]["epochs"] == 1 else "s",
                 # A training time means little without the machine's load, so it is shown only with it.
                 "" if "load_average" not in timing else
                 ", {:.0f} s/epoch, {:,.0f} images/s, load average {:.1f}".format(
@@ -181,18 +192,27 @@ def card(preset, quality, throughput, dist_dir, results_dir=RESULTS_DIR, arch=No
             lines += ["Figures: " + ", ".join(shown) + ".", ""]
     lines += search_lines(preset.name, search) + [""]
     lines += throughput_lines(preset.name, throughput) + [""]
-    lines += release_lines(preset.name, dist_dir, results_dir) + [""]
+    lines += release_lines(preset.name, release_dir) + [""]
     lines += ["Intended use: {} Known limits: {}".format(use, limits), "",
-              "How to get and run it:", "", "```bash",
-              "python -m zoo.weights fetch {} --format onnx        # from ZOO_WEIGHTS_URL, sha256-checked".format(
+              "How to get and run it:", "", "```python",
+              "import zoo",
+              "model = zoo.from_preset(\"{}\")                 # Keras, released weights (sha256-checked)".format(
                   preset.name),
-              "python -m export.runtime encode PATH_FROM_FETCH images.npy --out codes.npy   # numpy + onnxruntime only",
-              "python -m zoo.train {}                              # or train it yourself".format(preset.name),
+              "from export.runtime import Runtime",
+              "codes = Runtime.from_preset(\"{}\").encode(images)  # numpy + onnxruntime only".format(preset.name),
+              "```", "", "```bash",
+              "python -m zoo.weights fetch {} --format onnx   # the bundled release; --source or ZOO_WEIGHTS_URL for "
+              "a mirror".format(preset.name),
+              "python -m zoo.train {}                         # or train it yourself".format(preset.name),
               "```", ""]
     return lines
 
 
-def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
+def render(results_dir=RESULTS_DIR, release_dir=None):
+    """MODEL_CARDS.md's text; `release_dir` defaults to the newest bundled release (zoo.weights.bundled_release)."""
+    from zoo import weights
+
+    release_dir = release_dir if release_dir is not None else weights.bundled_release()
     from zoo.presets import PRESETS, list_presets
 
     results_dir = Path(results_dir)
@@ -212,8 +232,8 @@ def render(results_dir=RESULTS_DIR, dist_dir=DIST_DIR):
         q = quality.get(name)
         enc = next((r for r in (throughput or {}).get("rows", []) if r["model"] == name and r["part"] == "encoder"
                     and r["batch_size"] == 1024), None)
-        arch = architecture(preset)
-        section = card(preset, q, throughput, dist_dir, results_dir, arch, search)
+        arch = architecture(preset, q and q.get("model_config"))
+        section = card(preset, q, throughput, release_dir, results_dir, arch, search)
         lines.append("| [{0}](#{0}) | {1} | {2} | {3} | {4} | {5} |".format(
             name, "{:,}".format(arch[1]),
             _fmt(q and q["reduction"]["sq_error_per_image"], "{:.2f}"),
@@ -231,12 +251,13 @@ def main(argv=None):
         "                                       # MODEL_CARDS.md from benchmarks/results/",
         "--results benchmarks/results --out /tmp/MODEL_CARDS.md"])
     parser.add_argument("--results", default=str(RESULTS_DIR))
-    parser.add_argument("--dist", default=str(DIST_DIR))
+    parser.add_argument("--release", help="release folder whose manifests the cards list (default: the newest "
+                                          "bundled one, releases/<version>/)")
     parser.add_argument("--out", default=str(OUTPUT))
     args = parser.parse_args(argv)
     from zoo import fileio
 
-    fileio.write_text(args.out, render(args.results, args.dist))
+    fileio.write_text(args.out, render(args.results, args.release))
     print("wrote", args.out)
     return 0
 

@@ -15,6 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 from zoo.metrics import psnr_db, sq_error_per_image
+from zoo import schema
 
 # Each condition of the denoising table: (kind, level, label).
 DENOISING_CONDITIONS = (
@@ -28,8 +29,8 @@ DENOISING_CONDITIONS = (
 # The plain model of the same architecture is the control for each denoising family.
 CONTROLS = {"dae": "deep_ae", "conv_dae": "conv_ae"}
 NOISE_SEED = 2024
-RESULTS_DIR = Path("benchmarks/results")
-RUNS_DIR = Path("runs")
+RESULTS_DIR = Path(schema.RESULTS_DIR)
+RUNS_DIR = Path(schema.RUNS_DIR)
 K = 10
 
 
@@ -138,25 +139,28 @@ def evaluate_run(run_dir, evaluation, out_dir):
     import zoo  # noqa: F401  (registers the classes that model.keras names)
     from zoo import data
 
-    config = json.loads((run_dir / "config.json").read_text())
-    run_metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = keras.models.load_model(run_dir / "model.keras")
-    preset, k = config["preset"], int(config["latent_dim"])
+    config = schema.RunConfig.load(run_dir)
+    run_metrics = schema.RunMetrics.load(run_dir)
+    model = keras.models.load_model(run_dir / schema.MODEL)
+    preset, k = config.preset, int(config.latent_dim)
     test_codes = model.encode(evaluation.test_x)
     train_codes = model.encode(evaluation.train_x)
     pca = evaluation.pca(k)
     model_err = sq_error_per_image(evaluation.test_x, model.reconstruct(evaluation.test_x))
     result = {
         "preset": preset,
-        "model": config["model"],
-        "dataset": config["dataset"],
+        "model": config.model,
+        "dataset": config.dataset,
         "latent_dim": k,
-        "parameters": config.get("parameters"),
-        "training": config["training"],
-        "run_metrics": run_metrics["metrics"],
-        "timing": run_metrics.get("timing", {}),
-        "versions": config.get("versions", {}),
-        "description": config.get("description"),
+        "parameters": config.parameters,
+        # What the run recorded, so that the cards describe this run and not the preset's defaults.
+        "training": config.training,
+        "model_config": config.model_config,
+        "overrides": config.overrides,
+        "run_metrics": run_metrics.metrics,
+        "timing": run_metrics.timing,
+        "versions": config.versions,
+        "description": config.description,
         "reduction": {"sq_error_per_image": model_err, "pca_sq_error_per_image": pca["sq_error_per_image"],
                       "ratio_to_pca": model_err / pca["sq_error_per_image"]},
         "retrieval": {"precision_at_10": precision_at_k(train_codes, evaluation.train_y, test_codes,
@@ -165,7 +169,7 @@ def evaluate_run(run_dir, evaluation, out_dir):
                       "pca_precision_at_10": pca["precision_at_10"]},
         "denoising": denoising_rows(model, evaluation.test_x),
     }
-    info = data.get_info(config["dataset"])
+    info = data.get_info(config.dataset)
     latent_figure(out_dir / "latent_{}.png".format(preset), test_codes, evaluation.test_y, info.class_names,
                   "{}: test codes ({}-d), first two principal components".format(preset, k))
     if hasattr(model, "sample"):
@@ -258,7 +262,7 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluations, results = {}, []
     for preset in presets:
-        dataset = json.loads((runs_dir / preset / "config.json").read_text())["dataset"]
+        dataset = schema.RunConfig.load(runs_dir / preset).dataset
         if dataset not in evaluations:
             evaluations[dataset] = Evaluation(dataset, data_dir=data_dir)
         print("evaluating", preset, flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce every committed result for the fashion_mnist presets with one command:
-# train each preset with its defaults on the real Fashion-MNIST, export with the parity check, build release
-# bundles, evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, measure similar-image search
+# train each preset with its defaults on the real Fashion-MNIST, export with the parity check, build the bundled
+# release (releases/v<version>/), evaluate quality, benchmark onnxruntime against TensorFlow on this CPU, measure similar-image search
 # and training speed per backend, regenerate MODEL_CARDS.md.
 #   bash benchmarks/reproduce.sh                 (about 5 hours on 2 cores, most of it the three conv presets)
 #   PRESETS="deep_ae_fashion_mnist conv_ae_fashion_mnist" bash benchmarks/reproduce.sh
@@ -20,10 +20,11 @@ for preset in $PRESETS; do
   [ -f "runs/$preset/export/parity.json" ] || $PY -m export "runs/$preset" --quiet
 done
 RUN_DIRS=$(for p in $PRESETS; do printf 'runs/%s ' "$p"; done)
+# The release aezoo ships (zoo.weights and zoo.from_preset read it by default): releases/v<major.minor>/.
+RELEASE=releases/v$($PY -c 'import zoo; print(".".join(zoo.__version__.split(".")[:2]))')
 # shellcheck disable=SC2086
-$PY -m export.release $RUN_DIRS --out dist --quiet
-mkdir -p benchmarks/results/releases
-for p in $PRESETS; do cp "dist/$p/manifest.json" "benchmarks/results/releases/$p.json"; done
+$PY -m export.release $RUN_DIRS --out "$RELEASE" --quiet
+du -sh "$RELEASE"   # keep it under 60 MB
 # shellcheck disable=SC2086
 $PY -m benchmarks.quality $PRESETS
 # shellcheck disable=SC2086

@@ -43,15 +43,16 @@ def export_main(argv=None):
 
 
 def release_parser():
-    parser = make_parser("export.release", "Write release bundles (ONNX, SavedModel .tar.gz, model.keras, "
-                                           "manifest.json, SHA256SUMS) for trained runs; a run not yet exported is "
-                                           "exported first.", [
+    parser = make_parser("export.release", "Write release bundles (encoder.onnx, decoder.onnx, the Keras weights as a "
+                                           "map into them, manifest.json, SHA256SUMS; every weight stored once) for "
+                                           "trained runs; a run not yet exported is exported first.", [
                              "runs/dae_mnist runs/conv_ae_fashion_mnist --out dist/",
-                             "runs/*_fashion_mnist --out dist/ --quiet",
+                             "runs/*_fashion_mnist --out releases/v0.2 --quiet   # the release aezoo ships",
                              "dae_mnist --reexport --opset 18"])
     parser.add_argument("run_dirs", nargs="+", help="run dirs written by zoo.train, or preset names (= runs/<preset>/)")
     parser.add_argument("--out", default="dist", help="release folder (default %(default)s/; must be new, empty or "
                                                       "a release)")
+    parser.add_argument("--name", help="release name written in the manifests (default: the --out folder's name)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--data-dir", help="IDX folder with test images, if a run must be exported first")
     parser.add_argument("--reexport", action="store_true", help="export again even if RUN_DIR/export/ is current")
@@ -66,7 +67,7 @@ def release_main(argv=None):
         from export import release
 
         release.release(args.run_dirs, args.out, data_dir=args.data_dir, opset=args.opset, reexport=args.reexport,
-                        verbose=0 if args.quiet else 1)
+                        verbose=0 if args.quiet else 1, release_name=args.name)
         return 0
 
     return run_cli(body, interrupted="Interrupted; bundles already written are whole, the one in progress was not "

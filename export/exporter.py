@@ -2,7 +2,6 @@
 `python -m export RUN_DIR` writes RUN_DIR/export/: savedmodel/, {encoder,decoder,autoencoder}.onnx, parity.json."""
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -21,8 +20,10 @@ from export import runtime
 from zoo.fileio import atomic_dir
 from zoo import data as zoo_data
 from zoo import fileio
-from export.layout import (DEFAULT_OPSET, ENDPOINTS, EXPORT_FILES, EXPORT_KIND, FORMATS,
-                           PARITY_FILE, ROLES, SAVEDMODEL_DIR, ExportError, _train_hint, resolve_run_dir)
+from export.layout import (DEFAULT_OPSET, ENDPOINT_FILES, EXPORT_FILES, EXPORT_KIND, FORMATS, ExportError, _train_hint,
+                           resolve_run_dir)
+from zoo import schema
+from zoo.schema import ENDPOINTS as ROLES, PARITY as PARITY_FILE, SAVEDMODEL_DIR
 from zoo.errors import ZooError
 
 TOLERANCE = 1e-4
@@ -41,13 +42,13 @@ class Run:
     """A run dir as written by zoo.train: the model and what config.json and metrics.json say."""
 
     dir: Path
-    config: dict
+    config: schema.RunConfig
     metrics: dict
     model: keras.Model
 
     @property
     def preset(self):
-        return self.config.get("preset") or self.dir.name
+        return self.config.preset
 
     @property
     def variational(self):
@@ -57,33 +58,25 @@ class Run:
 # --- the run dir -------------------------------------------------------------------------------------
 
 
-def _read_json(path, required):
-    if not path.is_file():
-        if required:
-            raise ExportError("{} is missing.".format(path))
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError("Cannot read {}: {}".format(path, exc)) from None
-
-
 def load_run(run_dir):
     """Load a run dir's model, config and metrics."""
     path = resolve_run_dir(run_dir)
-    config = _read_json(path / "config.json", required=True)
-    metrics = _read_json(path / "metrics.json", required=False)
-    if not zipfile.is_zipfile(path / "model.keras"):
+    try:
+        config = schema.RunConfig.load(path)
+        metrics = schema.RunMetrics.load(path).to_dict() if (path / schema.METRICS).is_file() else {}
+    except schema.SchemaError as exc:
+        raise ExportError("{} Train the run again (`{}`).".format(exc, _train_hint(path))) from None
+    if not zipfile.is_zipfile(path / schema.MODEL):
         raise ExportError("{} is not a readable .keras archive: it is truncated or corrupt ({:,d} bytes). Train the "
                           "run again (`{}`) or restore the file from a copy.".format(
-                              path / "model.keras", (path / "model.keras").stat().st_size, _train_hint(path)))
+                              path / schema.MODEL, (path / schema.MODEL).stat().st_size, _train_hint(path)))
     try:
-        model = keras.models.load_model(path / "model.keras")
+        model = keras.models.load_model(path / schema.MODEL)
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError, zipfile errors...
-        raise ExportError("Cannot load {}: {}".format(path / "model.keras", exc)) from None
+        raise ExportError("Cannot load {}: {}".format(path / schema.MODEL, exc)) from None
     for attribute in ("encoder", "decoder", "latent_dim", "image_shape"):
         if not hasattr(model, attribute):
-            raise ExportError("{} is not an aezoo autoencoder (it has no .{}).".format(path / "model.keras", attribute))
+            raise ExportError("{} is not an aezoo autoencoder (it has no .{}).".format(path / schema.MODEL, attribute))
     return Run(path, config, metrics, model)
 
 
@@ -130,7 +123,7 @@ def endpoints(model):
 
     functions = {"reconstruct": (reconstruct, specs["image"]), "encode": (encode, specs["image"]),
                  "decode": (decode, specs["latent"])}
-    return {name: functions[name] for name in ENDPOINTS}
+    return {name: functions[name] for name in ENDPOINT_FILES}
 
 
 def output_names(model, endpoint):
@@ -252,14 +245,14 @@ def metadata(run, opset):
     values = {
         "format_version": METADATA_VERSION,
         "preset": run.preset,
-        "family": config.get("model") or model.registry_name,
-        "dataset": config.get("dataset", ""),
+        "family": config.model or model.registry_name,
+        "dataset": config.dataset or "",
         "latent_dim": int(model.latent_dim),
         "input_shape": [int(d) for d in model.image_shape],
-        "normalization": config.get("normalization") or runtime.NORMALIZATION,
+        "normalization": config.normalization or schema.NORMALIZATION,
         "variational": run.variational,
         "metrics": {k: run.metrics[k] for k in ("split", "num_images", "metrics", "units") if k in run.metrics},
-        "versions": {"training": config.get("versions", {}), "export": export_versions(opset)},
+        "versions": {"training": config.versions, "export": export_versions(opset)},
     }
     if run.variational:
         values["sampling"] = runtime.SAMPLING_DOC
@@ -280,11 +273,11 @@ def export_versions(opset=None):
 
 def parity_images(run, data_dir=None, n=max(PARITY_BATCH_SIZES)):
     """The first `n` test images of the run's dataset as float32 in [0, 1], and where they came from."""
-    dataset = run.config.get("dataset")
+    dataset = run.config.dataset
     if not dataset:
-        raise ExportError("{} names no dataset; pass images for the parity check.".format(run.dir / "config.json"))
+        raise ExportError("{} names no dataset; pass images for the parity check.".format(run.dir / schema.CONFIG))
     if data_dir is None:
-        data_dir = run.config.get("data_dir")
+        data_dir = run.config.data_dir
         if data_dir is not None and not Path(data_dir).is_dir():
             data_dir = None  # trained elsewhere: find the data the usual way
     try:
@@ -320,13 +313,13 @@ def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE):
         options = ort.SessionOptions()
         options.intra_op_num_threads = min(2, os.cpu_count() or 1)
         sessions = {e: ort.InferenceSession(str(export_dir / f), options, providers=["CPUExecutionProvider"])
-                    for e, f in ENDPOINTS.items()}
+                    for e, f in ENDPOINT_FILES.items()}
     if "savedmodel" in formats:
         loaded = tf.saved_model.load(str(export_dir / SAVEDMODEL_DIR))
     for batch_size, x in batches.items():
         # The decoder is checked on real codes: the Keras encoder's codes of the same test images.
         inputs = {"encode": x, "reconstruct": x, "decode": _keras_outputs(model, "encode", x)[code_name]}
-        for endpoint in ENDPOINTS:
+        for endpoint in ENDPOINT_FILES:
             feed = inputs[endpoint]
             expected = _keras_outputs(model, endpoint, feed)
             input_name = "latent" if endpoint == "decode" else "image"
@@ -334,7 +327,7 @@ def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE):
             if endpoint in sessions:
                 values = sessions[endpoint].run(None, {input_name: feed})
                 names = [o.name for o in sessions[endpoint].get_outputs()]
-                got["onnx", ENDPOINTS[endpoint]] = dict(zip(names, values))
+                got["onnx", ENDPOINT_FILES[endpoint]] = dict(zip(names, values))
             if loaded is not None:
                 result = loaded.signatures[endpoint](**{input_name: tf.constant(feed)})
                 got["savedmodel", endpoint] = {k: v.numpy() for k, v in result.items()}
@@ -428,7 +421,7 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say):
             say("SavedModel -> {}".format(out / SAVEDMODEL_DIR))
             files[SAVEDMODEL_DIR] = write_savedmodel(run.model, tmp / SAVEDMODEL_DIR)
         if "onnx" in formats:
-            for endpoint, name in ENDPOINTS.items():
+            for endpoint, name in ENDPOINT_FILES.items():
                 say("ONNX {} (opset {}) -> {}".format(ROLES[endpoint], opset, out / name))
                 proto = to_onnx(run.model, endpoint, opset, meta)
                 with fileio.atomic_path(tmp / name) as path:
@@ -445,7 +438,7 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say):
                 run.preset, tolerance, out, "\n".join(
                     "  {format} {file} {output} batch {batch_size}: max abs diff {max_abs_diff:.3g}".format(**c)
                     for c in failed)))
-        fileio.write_json(tmp / PARITY_FILE, parity)
+        schema.Parity(**parity).save(tmp)
     files = {name: out / Path(path).name for name, path in files.items()}
     files[PARITY_FILE] = out / PARITY_FILE
     say("Parity (max abs diff, batch sizes {}): {}".format(

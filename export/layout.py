@@ -8,18 +8,16 @@ from pathlib import Path
 
 from zoo.errors import ZooError
 
+from zoo import schema
+
 FORMATS = ("savedmodel", "onnx")
 DEFAULT_OPSET = 17
-SAVEDMODEL_DIR = "savedmodel"
-PARITY_FILE = "parity.json"
-RUNS_DIR = "runs"
-RUN_FILES = ("model.keras", "config.json")
-# Endpoint name -> ONNX file. `reconstruct` comes first: ExportArchive makes the first endpoint serving_default.
-ENDPOINTS = {"reconstruct": "autoencoder.onnx", "encode": "encoder.onnx", "decode": "decoder.onnx"}
-ROLES = {"encode": "encoder", "decode": "decoder", "reconstruct": "autoencoder"}
+RUN_FILES = (schema.MODEL, schema.CONFIG)  # what an export needs from a run dir
+#: Endpoint -> ONNX file, for the exporter: `reconstruct` first (ExportArchive makes it serving_default).
+ENDPOINT_FILES = {endpoint: schema.ONNX_FILES[part] for endpoint, part in schema.ENDPOINTS.items()}
 EXPORT_KIND = "export"  # the marker kind of an export dir (zoo.fileio.MARKER)
 # What an unmarked aezoo 0.1 export dir held; parity.json, written last, is the one it always had.
-EXPORT_FILES = (PARITY_FILE, SAVEDMODEL_DIR, *ENDPOINTS.values())
+EXPORT_FILES = (schema.PARITY, schema.SAVEDMODEL_DIR, *schema.ONNX_FILES.values())
 
 
 class ExportError(ZooError):
@@ -32,7 +30,7 @@ def _train_hint(path):
 
     name = Path(path).name
     if name in PRESETS:
-        default = Path(RUNS_DIR) / name
+        default = Path(schema.RUNS_DIR) / name
         return "python -m zoo.train {}{}".format(name, "" if Path(path) == default else " --out {}".format(path))
     return "python -m zoo.train PRESET --out {} (python -m zoo.train --list shows the presets)".format(path)
 
@@ -46,7 +44,7 @@ def resolve_run_dir(run_dir):
             raise ExportError("{} is not a finished run dir: it lacks {}. Train it with `{}`.".format(
                 path, ", ".join(missing), _train_hint(path)))
         return path
-    by_name = Path(RUNS_DIR) / str(run_dir)
+    by_name = Path(schema.RUNS_DIR) / str(run_dir)
     if re.fullmatch(r"[A-Za-z0-9_.-]+", str(run_dir)) and by_name.is_dir():
         return resolve_run_dir(by_name)
     raise ExportError("No run dir {}{}. Give the folder `python -m zoo.train` wrote, or train one first: `{}`.".format(

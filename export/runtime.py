@@ -166,6 +166,24 @@ class Runtime:
         self.metrics = first.get("metrics")
         self.versions = first.get("versions")
 
+    @classmethod
+    def from_preset(cls, name, *, source=None, cache_dir=None, refresh=False, verbose=False, **kwargs):
+        """The released ONNX files of preset `name` (e.g. "deep_ae_fashion_mnist"), fetched into the sha256-checked
+        cache by zoo.weights: from the release bundled with aezoo by default, else `source` or $ZOO_WEIGHTS_URL.
+        `kwargs` go to Runtime (providers, intra_op_threads). Needs the aezoo package, not TensorFlow."""
+        try:
+            from zoo import weights
+            from zoo.errors import ZooError
+        except ImportError:
+            raise BundleError("Runtime.from_preset needs the aezoo package (pip install aezoo); this runtime.py was "
+                              "copied alone. Use Runtime(PATH) with a folder of .onnx files instead.") from None
+        try:
+            paths = weights.fetch(name, format="onnx", source=source, cache_dir=cache_dir, refresh=refresh,
+                                  verbose=verbose)
+        except ZooError as exc:  # no such preset, a bad source, a checksum that does not match
+            raise BundleError(str(exc)) from None
+        return cls(paths["dir"], **kwargs)
+
     def _files(self):
         """[(role or None, path)]: a folder names its files by role; a lone file declares its role."""
         if self.path.is_dir():

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import zoo
-from zoo import fileio
+from zoo import fileio, schema
 from export import exporter, release, runtime
 from tests.helpers import write_idx_dir, write_run_dir
 
@@ -237,11 +237,13 @@ def test_release_bundle_has_checksummed_files_and_index(exports, tmp_path):
     for preset, bundle in bundles.items():
         assert fileio.marker_kind(bundle) == release.BUNDLE_KIND
         names = sorted(p.name for p in bundle.iterdir() if p.name != fileio.MARKER)
-        assert names == ["SHA256SUMS", "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "manifest.json",
-                         "model.keras", "savedmodel.tar.gz"]
+        # Each weight once: no autoencoder.onnx, SavedModel or model.keras beside the encoder and decoder.
+        assert names[:4] == ["SHA256SUMS", "decoder.onnx", "encoder.onnx", "keras_weights.json"]
+        assert names[4:] in (["manifest.json"], ["keras_extra.npz", "manifest.json"])
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["preset"] == preset and manifest["parity"]["passed"]
-        assert {e["format"] for e in manifest["files"]} == {"onnx", "savedmodel", "keras"}
+        assert manifest["format_version"] == schema.FORMAT_VERSION and manifest["release"] == "dist"
+        assert {e["format"] for e in manifest["files"]} == {"onnx", "keras"}
         assert "psnr_db" in manifest["metrics"]["metrics"] and "tf2onnx" in manifest["versions"]["export"]
         for entry in manifest["files"]:
             data = (bundle / entry["file"]).read_bytes()
@@ -252,10 +254,10 @@ def test_release_bundle_has_checksummed_files_and_index(exports, tmp_path):
     assert json.loads((bundles["conv_vae_mnist"] / "manifest.json").read_text())["variational"] is True
     index = json.loads((tmp_path / "dist" / "index.json").read_text())
     assert sorted(index["presets"]) == ["conv_vae_mnist", "dae_mnist"]
-    # The SavedModel archive is reproducible: releasing again gives the same bytes.
-    first = (bundles["dae_mnist"] / "savedmodel.tar.gz").read_bytes()
+    # Releasing again gives the same files.
+    first = (bundles["dae_mnist"] / "SHA256SUMS").read_bytes()
     release.release([runs[0]], tmp_path / "dist", verbose=0)
-    assert (bundles["dae_mnist"] / "savedmodel.tar.gz").read_bytes() == first
+    assert (bundles["dae_mnist"] / "SHA256SUMS").read_bytes() == first
     assert sorted(json.loads((tmp_path / "dist" / "index.json").read_text())["presets"]) == [
         "conv_vae_mnist", "dae_mnist"]
 

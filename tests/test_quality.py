@@ -68,6 +68,11 @@ def test_quality_run_writes_tables_and_figures(trained_runs, tmp_path):
     assert "| dae_mnist |" in (out / "quality.md").read_text()
     assert json.loads((out / "quality.json").read_text())["results"][0]["preset"] == "dae_mnist"
     assert (out / "quality.csv").read_text().count("\n") == 3
+    # The cards describe each run by what it recorded (1 epoch, 200 images), not by its preset (40 epochs).
+    text = cards.render(out, tmp_path / "no-release")
+    section = text[text.index("## dae_mnist"):text.index("## deep_ae_fashion_mnist")]
+    assert "Recipe as trained: 1 epoch, batch 128" in section and "first 200 training images only" in section
+    assert "trained 1 epoch" in section and "40 epochs" not in section
 
 
 def test_quality_table_says_when_a_control_was_trained_differently():
@@ -116,7 +121,7 @@ def _fake_results(tmp_path):
     dist = tmp_path / "dist" / "deep_ae_fashion_mnist"
     dist.mkdir(parents=True)
     (dist / "manifest.json").write_text(json.dumps({"files": [{"file": "encoder.onnx", "size": 1234,
-                                                               "sha256": "ab" * 32}]}))
+                                                               "sha256": "ab" * 32}], "release": "v9.9"}))
     return results, tmp_path / "dist"
 
 
@@ -127,7 +132,9 @@ def test_cards_render_every_section_from_measured_figures(tmp_path):
     for expected in ("Parameters: 2,837,314", "encoder 3.00 MFLOP", "Architecture", "Dense 1000 relu",
                      "5.432", "12.35", "0.812", "0.790", "gaussian 0.5 12.0 → 22.0 dB", "98,829", "3.21x TF",
                      "encoder.onnx | 1,234 B | `" + "ab" * 32, "Intended use", "Known limits",
-                     "python -m zoo.weights fetch deep_ae_fashion_mnist", "Test CPU", "12 s/epoch", "load average 0.4"):
+                     "python -m zoo.weights fetch deep_ae_fashion_mnist", "Test CPU", "12 s/epoch", "load average 0.4",
+                     "Released files (v9.9", 'zoo.from_preset("deep_ae_fashion_mnist")',
+                     "Recipe as trained: 7 epochs"):
         assert expected in section, expected
 
 
@@ -138,6 +145,7 @@ def test_cards_refuse_to_invent_missing_figures(tmp_path):
     assert "No measured results" in section
     assert "not measured" in section
     assert "sq_error_per_image |" not in section and "PCA-30" not in section
-    assert "Released files: none built here" in section
+    assert "Released files: none in this release" in section
+    assert "Preset recipe (not trained here): 40 epochs" in section
     empty = cards.render(tmp_path / "nothing", tmp_path / "nodist")
     assert "Measured presets: none" in empty and "images/s (p50" not in empty

@@ -33,6 +33,7 @@ def no_defaults(monkeypatch, tmp_path):
     """Neither the user's cache nor a configured release is touched."""
     monkeypatch.delenv(weights.ENV_SOURCE, raising=False)
     monkeypatch.setenv(weights.ENV_CACHE, str(tmp_path / "default-cache"))
+    monkeypatch.setattr(weights, "BUNDLED_RELEASES", tmp_path / "no-bundled-release")
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -87,7 +88,8 @@ def test_fetch_onnx_runs_and_matches_the_manifest(dist, server, tmp_path):
     _, url = server
     cache = tmp_path / "cache"
     paths = weights.fetch(PRESET, source=url, cache_dir=cache, verbose=False)
-    assert set(paths) == {"dir", "manifest", "encoder", "decoder", "autoencoder"}
+    # One copy of each weight: no autoencoder.onnx (the runtime chains encoder and decoder).
+    assert set(paths) == {"dir", "manifest", "encoder", "decoder"}
     assert paths["dir"] == cache / PRESET
     for entry in _manifest(dist)["files"]:
         if entry["format"] == "onnx":
@@ -98,15 +100,21 @@ def test_fetch_onnx_runs_and_matches_the_manifest(dist, server, tmp_path):
     assert _leftovers(cache) == []
 
 
-def test_fetch_keras_and_savedmodel(server, tmp_path):
+def test_fetch_keras_and_savedmodel(dist, server, tmp_path):
     import keras
     import tensorflow as tf
 
+    from zoo import pretrained
+
     _, url = server
     paths = weights.fetch(PRESET, format="keras", source=url, cache_dir=tmp_path, verbose=False)
+    assert {"keras_weights", "encoder", "decoder", "keras"} <= set(paths)
     model = keras.models.load_model(paths["keras"])
+    trained = keras.models.load_model(dist.parent / "dae" / "model.keras")
+    # Rebuilt from the ONNX initializers, bit for bit the trained weights.
+    assert pretrained.weights_digest(model.get_weights()) == pretrained.weights_digest(trained.get_weights())
     paths = weights.fetch(PRESET, format="savedmodel", source=url, cache_dir=tmp_path, verbose=False)
-    assert paths["savedmodel_archive"].name == "savedmodel.tar.gz"
+    assert "savedmodel_archive" not in paths  # exported here from the Keras weights, not downloaded
     loaded = tf.saved_model.load(str(paths["savedmodel"]))
     x = np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.signatures["serving_default"](image=tf.constant(x))["reconstruction"].numpy(),
@@ -205,7 +213,7 @@ def test_defaults_come_from_the_environment(dist, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(preset=PRESET), "No weights source: pass source=.*ZOO_WEIGHTS_URL"),
+    (dict(preset=PRESET), "No weights source: this install has no bundled release.*Pass source=.*ZOO_WEIGHTS_URL"),
     (dict(preset=PRESET, source="ftp://example.org/x"), "Unsupported weights source"),
     (dict(preset=PRESET, source="/no/such/folder"), "is not a folder"),
     (dict(preset="../etc", source="."), "is not a preset name"),

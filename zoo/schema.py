@@ -134,19 +134,30 @@ class RunConfig(_Record):
 
     def recipe_text(self):
         """One line for a card: the recipe this run recorded (never the preset's defaults)."""
-        t = self.training
-        optimizer = t.get("optimizer_name") or t.get("optimizer") or "adam"
-        schedule = t.get("schedule") or "cosine"
-        text = "{} epochs, batch {}, {} at {} with {} schedule, {} reconstruction loss, seed {}".format(
-            t.get("epochs"), t.get("batch_size"), optimizer, t.get("learning_rate"),
-            {"cosine": "cosine decay", "constant": "a constant"}.get(schedule, schedule),
-            t.get("reconstruction_loss") or self.model_config.get("reconstruction_loss", "mse"), t.get("seed"))
-        if t.get("limit"):
-            text += ", first {:,} training images only".format(t["limit"])
-        if self.overrides:
-            text += "; changed from the preset: " + ", ".join(
-                "{}={}".format(k, json.dumps(v)) for k, v in sorted(self.overrides.items()))
-        return text
+        return recipe_text(self.training, self.model_config, self.overrides)
+
+
+def recipe_text(training, model_config=None, overrides=None):
+    """A recorded recipe in words: "40 epochs, batch 128, adam at 0.001 with cosine decay, mse loss, seed 1337"."""
+    t, model_config = training or {}, model_config or {}
+    optimizer = t.get("optimizer") or "adam"
+    if "schedule" in t:
+        schedule = {"cosine": " with cosine decay to 1%", "constant": " (constant)"}.get(
+            t["schedule"], " with {} schedule".format(t["schedule"]))
+    else:  # aezoo 0.1 recorded "Adam, cosine decay to 1%" in `optimizer`
+        schedule = ""
+    text = "{} epoch{}, batch {}, {} at {}{}, {} reconstruction loss, seed {}".format(
+        t.get("epochs"), "" if t.get("epochs") == 1 else "s", t.get("batch_size"), optimizer,
+        t.get("learning_rate"), schedule,
+        t.get("reconstruction_loss") or model_config.get("reconstruction_loss", "mse"), t.get("seed"))
+    if t.get("weight_decay"):
+        text += ", weight decay {}".format(t["weight_decay"])
+    if t.get("limit"):
+        text += ", first {:,} training images only".format(t["limit"])
+    if overrides:
+        text += "; changed from the preset: " + ", ".join(
+            "{}={}".format(k, json.dumps(v)) for k, v in sorted(overrides.items()))
+    return text
 
 
 @dataclasses.dataclass
@@ -180,6 +191,8 @@ class Parity(_Record):
     preset: str = None
     formats: list = dataclasses.field(default_factory=list)
     opset: int = None
+    reference: str = None
+    onnxruntime: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
 

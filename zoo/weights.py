@@ -1,6 +1,9 @@
-"""Pretrained weights: fetch a preset's release bundle (ONNX, SavedModel or .keras) into a sha256-checked cache.
+"""Released weights: fetch a preset's release bundle into a sha256-checked cache, as ONNX, Keras or SavedModel.
 
-`zoo.weights.fetch("dae_mnist", source="https://host/aezoo/v0.1")`; CLI `python -m zoo.weights fetch dae_mnist`.
+`zoo.weights.fetch("deep_ae_fashion_mnist")` reads the release bundled with aezoo (releases/<version>/ in
+the repository: no network, no setting); `source=` or $ZOO_WEIGHTS_URL names a mirror instead (an
+http(s):// base such as a GitHub release holding the same files, file://, or a folder).
+CLI: `python -m zoo.weights fetch deep_ae_fashion_mnist`, `python -m zoo.weights list`.
 """
 
 import hashlib
@@ -19,26 +22,30 @@ import urllib.request
 from pathlib import Path
 
 
-from zoo import fileio
+from zoo import fileio, schema
 from zoo.errors import UnknownNameError, ZooError, disk_error, run_cli
+from zoo.schema import INDEX, MANIFEST, SAVEDMODEL_DIR
 
-FORMATS = ("onnx", "savedmodel", "keras")
+FORMATS = ("onnx", "keras", "savedmodel")
+#: The file formats a manifest entry may have, and the ones each requested format needs.
+ENTRY_FORMATS = ("onnx", "keras", "savedmodel")
+NEEDS = {"onnx": ("onnx",), "keras": ("onnx", "keras"), "savedmodel": ("onnx", "keras")}
 ENV_SOURCE = "ZOO_WEIGHTS_URL"
 ENV_CACHE = "ZOO_CACHE_DIR"
 DEFAULT_CACHE = "~/.cache/aezoo"
-MANIFEST = "manifest.json"
-INDEX = "index.json"
+#: The releases shipped in the repository; the newest one is the default source.
+BUNDLED_RELEASES = Path(__file__).resolve().parents[1] / schema.RELEASES_DIR
 SOURCE_FILE = ".source"  # which release the cached manifest came from
-EXTRACTED_MARK = ".savedmodel.sha256"  # sha256 of the archive the savedmodel/ folder was extracted from
+EXTRACTED_MARK = ".savedmodel.sha256"  # what the savedmodel/ folder was made from (archive or weights sha256)
+KERAS_MARK = ".model.keras.sha256"  # the weights sha256 the cached model.keras was built from
 INCOMING = ".incoming"
-SAVEDMODEL_DIR = "savedmodel"
 TIMEOUT_S = 60.0  # per socket operation: a stalled server fails the download instead of hanging it
 SCHEMES = ("http", "https", "file")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Names a manifest entry may not take: they would land on the cache's own files and folders.
-RESERVED = {MANIFEST, INDEX, SAVEDMODEL_DIR, SOURCE_FILE, EXTRACTED_MARK}
+RESERVED = {MANIFEST, INDEX, SAVEDMODEL_DIR, SOURCE_FILE, EXTRACTED_MARK, KERAS_MARK}
 STALE_STAGING_S = 24 * 3600  # a staging folder without a readable pid is removed after this long
 
 
@@ -204,7 +211,7 @@ def _parse_manifest(path, preset, where):
             if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _FILE.fullmatch(entry["file"])
                     and entry["file"] not in RESERVED and isinstance(entry.get("sha256"), str)
                     and _SHA256.fullmatch(entry["sha256"]) and isinstance(entry.get("size"), int)
-                    and entry.get("format") in FORMATS):
+                    and entry.get("format") in ENTRY_FORMATS):
                 problems.append("bad file entry {!r}".format(entry))
         names = [e.get("file") for e in manifest["files"] if isinstance(e, dict)]
         if len(names) != len(set(names)):
@@ -215,11 +222,18 @@ def _parse_manifest(path, preset, where):
 
 
 def _entries(manifest, format, where):
-    entries = [e for e in manifest["files"] if e["format"] == format]
-    if not entries:
+    """The manifest entries `format` needs: onnx -> the ONNX files; keras -> those and the weights map (or an
+    0.1 bundle's model.keras); savedmodel -> an 0.1 bundle's archive, else what keras needs (exported here)."""
+    if format == "savedmodel" and any(e["format"] == "savedmodel" for e in manifest["files"]):
+        return [e for e in manifest["files"] if e["format"] == "savedmodel"]
+    needed = NEEDS[format]
+    entries = [e for e in manifest["files"] if e["format"] in needed]
+    if not any(e["format"] == needed[-1] for e in entries):
         have = sorted({e["format"] for e in manifest["files"]})
         raise WeightsError("The release of {} at {} has no {} files; it has: {}.".format(
-            manifest["preset"], where, format, ", ".join(have) or "none"))
+            manifest["preset"], where, needed[-1], ", ".join(have) or "none"))
+    if format != "onnx" and any(e["format"] == "keras" and e["file"] == schema.MODEL for e in entries):
+        entries = [e for e in entries if e["format"] == "keras"]  # an 0.1 bundle: model.keras holds them all
     return entries
 
 
@@ -293,17 +307,37 @@ def _unknown_preset(preset, source, root):
     return UnknownNameError(message)
 
 
+def bundled_release():
+    """The newest release shipped in the repository (releases/<version>/ with an index.json), or None."""
+    if not BUNDLED_RELEASES.is_dir():
+        return None
+
+    def version(path):
+        return tuple(int(n) for n in re.findall(r"\d+", path.name))
+
+    found = sorted((p for p in BUNDLED_RELEASES.iterdir() if (p / INDEX).is_file()), key=version)
+    return found[-1].resolve() if found else None
+
+
+def bundled_source():
+    """file:// URL of `bundled_release()`, or None."""
+    folder = bundled_release()
+    return None if folder is None else folder.as_uri()
+
+
 def _source(source):
+    """The source to use: `source`, else $ZOO_WEIGHTS_URL, else the bundled release."""
     source = source if source is not None else os.environ.get(ENV_SOURCE) or None
-    return normalize_source(source) if source else None
+    return normalize_source(source) if source else bundled_source()
 
 
 def _no_source_message(preset=None, root=None):
     where = ""
     if preset is not None:
         where = " The cache {} holds no complete {} bundle to use offline.".format(root / preset, preset)
-    return ("No weights source: pass source= (CLI: --source URL_OR_DIR) or set {} to a release base URL "
-            "(https://..., file://...) or a folder of bundles.{}".format(ENV_SOURCE, where))
+    return ("No weights source: this install has no bundled release ({} is missing; it ships in the aezoo "
+            "repository). Pass source= (CLI: --source URL_OR_DIR) or set {} to a release base URL (https://..., "
+            "file://...) or a folder of bundles.{}".format(BUNDLED_RELEASES, ENV_SOURCE, where))
 
 
 # --- fetch -------------------------------------------------------------------------------------------
@@ -343,7 +377,52 @@ def _extract_savedmodel(archive, preset_dir, sha256):
     return dest
 
 
-def _result(preset_dir, entries):
+def _keras_model(preset_dir):
+    """The Keras model of a fetched bundle, its weights rebuilt from the ONNX files (zoo.pretrained)."""
+    import zoo
+    from zoo import pretrained
+
+    manifest = schema.Manifest.load(preset_dir)
+    model = zoo.get_class(manifest.model).from_config(manifest.model_config)
+    return pretrained.load_into(model, preset_dir), manifest
+
+
+def _made_from(mark, digest):
+    return mark.is_file() and mark.read_text().strip() == digest
+
+
+def _keras_file(preset_dir):
+    """preset_dir/model.keras, built once from the bundle (keras.models.load_model reads it after `import zoo`)."""
+    dest, mark = preset_dir / schema.MODEL, preset_dir / KERAS_MARK
+    digest = schema.Manifest.load(preset_dir).weights_sha256
+    if dest.is_file() and _made_from(mark, digest):
+        return dest
+    model, _ = _keras_model(preset_dir)
+    with fileio.atomic_path(dest) as tmp:
+        model.save(tmp)
+    fileio.write_text(mark, digest + "\n")
+    return dest
+
+
+def _savedmodel_dir(preset_dir):
+    """preset_dir/savedmodel/, exported here from the bundle's Keras weights (TensorFlow needed), once."""
+    dest, mark = preset_dir / SAVEDMODEL_DIR, preset_dir / EXTRACTED_MARK
+    digest = schema.Manifest.load(preset_dir).weights_sha256
+    if dest.is_dir() and _made_from(mark, digest):
+        return dest
+    from export.exporter import write_savedmodel
+
+    model, _ = _keras_model(preset_dir)
+    with fileio.atomic_dir(dest) as tmp:
+        write_savedmodel(model, tmp / SAVEDMODEL_DIR)
+        for path in (tmp / SAVEDMODEL_DIR).iterdir():
+            os.replace(path, tmp / path.name)
+        (tmp / SAVEDMODEL_DIR).rmdir()
+    fileio.write_text(mark, digest + "\n")
+    return dest
+
+
+def _result(preset_dir, entries, format="onnx"):
     paths = {"dir": preset_dir, "manifest": preset_dir / MANIFEST}
     for entry in entries:
         path = preset_dir / entry["file"]
@@ -352,6 +431,11 @@ def _result(preset_dir, entries):
             paths["savedmodel"] = _extract_savedmodel(path, preset_dir, entry["sha256"])
         else:
             paths[entry.get("role") or entry["file"]] = path
+    if "keras_weights" in paths:
+        if format == "keras":
+            paths["keras"] = _keras_file(preset_dir)
+        elif format == "savedmodel":
+            paths["savedmodel"] = _savedmodel_dir(preset_dir)
     return paths
 
 
@@ -386,7 +470,7 @@ def fetch(preset, format="onnx", source=None, cache_dir=None, refresh=False, ver
             entries = None  # damaged, or without this format: ask the source
         if entries and all(_is_valid(preset_dir / e["file"], e) for e in entries):
             say("Using cached {} {} weights in {} (sha256 verified)".format(preset, format, preset_dir))
-            return _result(preset_dir, entries)
+            return _result(preset_dir, entries, format)
         # Anything to download means the manifest is read afresh too, in case the release changed.
         source = source or cached_source
     if source is None:
@@ -422,7 +506,7 @@ def fetch(preset, format="onnx", source=None, cache_dir=None, refresh=False, ver
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say("{} {} weights in {}".format(preset, format, preset_dir))
-    return _result(preset_dir, entries)
+    return _result(preset_dir, entries, format)
 
 
 # --- command line ------------------------------------------------------------------------------------
