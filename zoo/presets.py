@@ -1,9 +1,17 @@
-"""Named training recipes, `<model>_<dataset>`: model config, data, loss and optimizer settings."""
+"""Named training recipes, `<model>_<dataset>`: model config, data, loss and optimizer settings, and the
+overrides (`--set KEY=VALUE`, `--config FILE`, `zoo.from_preset(name, **overrides)`) that change them."""
 
 import dataclasses
+import difflib
+import json
+import math
 
 from zoo.data import DATASETS
-from zoo.errors import unknown_name
+from zoo.errors import ZooError, unknown_name
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")  # keras.optimizers.get names
+SCHEDULES = ("cosine", "constant")  # cosine: decay to 1% of the peak over the whole run
+MAX_SEED = 2 ** 32 - 1  # numpy's and TensorFlow's seeding accept 0..2**32-1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,10 +21,15 @@ class Preset:
     dataset: str
     description: str
     model_config: dict = dataclasses.field(default_factory=dict)
+    # The recipe: every field below can be overridden by name (RECIPE_FIELDS).
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 1337
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    weight_decay: float = 0.0  # decoupled (AdamW's); Keras applies it with the other optimizers too when > 0
+    limit: int = None  # only the first N training images (smoke runs); None: all of them
 
     @property
     def reconstruction_loss(self):
@@ -24,6 +37,17 @@ class Preset:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def recipe(self):
+        """{field: value} of the recipe fields."""
+        return {key: getattr(self, key) for key in RECIPE_FIELDS}
+
+
+RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "seed", "optimizer", "schedule", "weight_decay", "limit")
+_FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
+# Constructor arguments that are not the user's to set: the dataset fixes the input shape, the recipe's seed
+# seeds the model's draws, and a name changes nothing that is trained.
+_FIXED_ARGUMENTS = ("name", "input_shape", "seed")
 
 
 # One recipe per family; a preset is the recipe on a dataset, with the dataset's image shape.
@@ -96,3 +120,160 @@ def get_preset(name):
         return PRESETS[name]
     except KeyError:
         raise unknown_name("preset", name, PRESETS) from None
+
+
+# --- overrides ----------------------------------------------------------------------------------------------
+
+
+def model_arguments(preset):
+    """{argument: value in `preset`} of the model constructor arguments an override may set (Keras loads here)."""
+    import importlib
+
+    importlib.import_module("zoo.models")  # registers every family
+    from zoo.registry import constructor_arguments
+
+    return {key: preset.model_config.get(key, default) for key, default in constructor_arguments(preset.model).items()
+            if key not in _FIXED_ARGUMENTS}
+
+
+def override_keys(preset):
+    """The keys `apply_overrides` accepts for `preset` (a Preset or a name): recipe fields, then model arguments."""
+    preset = preset if isinstance(preset, Preset) else get_preset(preset)
+    return list(RECIPE_FIELDS) + sorted(model_arguments(preset))
+
+
+def apply_overrides(preset, overrides, labels=None):
+    """`preset` (a Preset or its name) with `overrides` applied, as (a new frozen Preset, {key: value} of the
+    fields that now differ from `preset`).
+
+    A key is a recipe field (RECIPE_FIELDS) or a constructor argument of the preset's model (`override_keys`).
+    The type a value must have follows the field: int takes int only, float int or float, a tuple a list,
+    a bool true/false, and null only where the preset has None. An unknown key (with close matches), a wrong
+    type or a recipe value out of range raise ZooError; a value the model itself rejects shows when it is
+    built (`build_model`). `labels` names keys in the messages, e.g. {"epochs": "--epochs"}.
+    """
+    preset = preset if isinstance(preset, Preset) else get_preset(preset)
+    overrides, labels = dict(overrides or {}), labels or {}
+    # Recipe fields alone need no Keras: the model's arguments are looked up only when another key is given.
+    model_keys = model_arguments(preset) if set(overrides) - set(RECIPE_FIELDS) else {}
+    recipe, config = {}, {}
+    for key, value in overrides.items():
+        label = labels.get(key, key)
+        if key in RECIPE_FIELDS:
+            field = _FIELDS[key]
+            recipe[key] = _check_range(key, label, _check_type(label, value, field.type, field.default is None,
+                                                               getattr(preset, key)))
+        elif key in model_keys:
+            current = model_keys[key]
+            config[key] = _check_type(label, value, _kind(current), current is None, current)
+        else:
+            raise _unknown_key(preset, key, model_keys)
+    changed = {k: v for k, v in recipe.items() if v != getattr(preset, k)}
+    changed.update({k: v for k, v in config.items() if v != model_keys[k]})
+    if not changed:
+        return preset, {}
+    model_changed = {k: v for k, v in changed.items() if k in config}
+    description = preset.description
+    if model_changed:
+        description += " (changed: {})".format(", ".join("{}={}".format(k, _show(v)) for k, v in model_changed.items()))
+    return dataclasses.replace(preset, description=description, model_config={**preset.model_config, **model_changed},
+                               **{k: v for k, v in changed.items() if k in recipe}), changed
+
+
+def build_model(preset, changed=None):
+    """The untrained Keras model of `preset`, its noise and sampling draws seeded by the recipe's seed.
+
+    A value the model rejects (its ValueError or TypeError) becomes a one-line ZooError that names the
+    overridden keys in `changed` (from `apply_overrides`); with no overrides it is a bug and keeps its traceback.
+    """
+    import zoo
+    from zoo.registry import constructor_arguments
+
+    config = dict(preset.model_config)
+    if "seed" in constructor_arguments(preset.model):
+        config["seed"] = preset.seed
+    try:
+        return zoo.build(preset.model, **config)
+    except (TypeError, ValueError) as exc:
+        if not changed:
+            raise
+        keys = [k for k in changed if k not in RECIPE_FIELDS] or list(changed)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZooError("{} ({}) cannot be built with {}: {}".format(
+            preset.name, preset.model, ", ".join("{}={}".format(k, _show(changed[k])) for k in keys), reason)) from None
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
+
+
+def _kind(value):
+    """The type an override of a field now holding `value` must have; None: any (the model judges)."""
+    if isinstance(value, (list, tuple)):
+        return tuple
+    for kind in (bool, int, float, str):  # bool first: it is an int too
+        if isinstance(value, kind):
+            return kind
+    return None
+
+
+def _check_type(label, value, kind, nullable, example):
+    """`value` as `kind` (float from an int, tuple from a list), or ZooError saying what was expected."""
+    if value is None and nullable:
+        return None
+    if kind is None:
+        return tuple(value) if isinstance(value, list) else value
+    ints = kind is tuple and bool(example) and all(_kind(v) is int for v in example)
+    if kind is tuple:
+        ok = isinstance(value, (list, tuple)) and (not ints or all(_kind(v) is int for v in value))
+    elif kind is float:
+        ok = _kind(value) in (int, float)
+    else:
+        ok = _kind(value) is kind
+    if not ok:
+        what = "a list of integers" if ints else _KINDS[kind]
+        raise ZooError("{} expects {}{}{}; got {}.".format(
+            label, what, " or null" if nullable else "", "" if example is None else ", e.g. " + _show(example),
+            _show(value)))
+    if kind is float:
+        return float(value)
+    if kind is tuple:
+        return tuple(value) if isinstance(example, tuple) or example is None else list(value)
+    return value
+
+
+def _check_range(key, label, value):
+    if key in ("epochs", "batch_size", "limit") and value is not None and value < 1:
+        raise ZooError("{} must be at least 1; got {}.".format(label, value))
+    if key == "learning_rate" and not (math.isfinite(value) and value > 0):
+        raise ZooError("{} must be a positive finite number, e.g. 1e-3; got {}.".format(label, value))
+    if key == "weight_decay" and not (math.isfinite(value) and value >= 0):
+        raise ZooError("{} must be a finite number >= 0, e.g. 0.004; got {}.".format(label, value))
+    if key == "seed" and not 0 <= value <= MAX_SEED:
+        raise ZooError("{} must be between 0 and {}; got {}.".format(label, MAX_SEED, value))
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
+    if choices and value.lower() not in choices:
+        close = difflib.get_close_matches(value.lower(), choices, n=3, cutoff=0.5)
+        raise ZooError("{} must be one of {}; got {!r}.{}".format(
+            label, ", ".join(choices), value, " Did you mean: {}?".format(", ".join(close)) if close else ""))
+    if choices:
+        return value.lower()
+    return value
+
+
+def _unknown_key(preset, key, model_keys):
+    if key == "input_shape":
+        return ZooError("input_shape is fixed by the dataset ({} images are {}); choose a preset of another dataset."
+                        .format(preset.dataset, "x".join(str(d) for d in preset.model_config.get("input_shape", ()))))
+    valid = list(RECIPE_FIELDS) + sorted(model_keys)
+    close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+    return ZooError("Unknown key {!r} for preset {}.{} Valid keys: recipe {}; model ({}) {}.".format(
+        key, preset.name, " Did you mean: {}?".format(", ".join(close)) if close else "", ", ".join(RECIPE_FIELDS),
+        preset.model, ", ".join(sorted(model_keys))))
+
+
+def _show(value):
+    """A value as the user would type it after `--set KEY=`: JSON."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
