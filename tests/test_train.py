@@ -40,6 +40,9 @@ def test_cli_trains_a_complete_run_dir(preset, idx_dir, tmp_path):
     assert config["preset"] == preset and config["dataset"] == presets.get_preset(preset).dataset
     assert config["data_source"] == "idx:{}".format(idx_dir)
     assert config["training"]["epochs"] == 1 and config["training"]["limit"] == 256
+    # The preset's own recipe, and what the flags changed in it.
+    assert (config["training"]["optimizer"], config["training"]["schedule"]) == ("adam", "cosine")
+    assert config["overrides"] == {"epochs": 1, "limit": 256}
     assert {"tensorflow", "keras", "aezoo"} <= set(config["versions"])
     assert config["parameters"] > 0
     result = json.loads((out / "metrics.json").read_text())
@@ -150,8 +153,8 @@ def test_denoising_presets_share_the_architecture_and_recipe_of_their_control():
             ours, theirs = presets.PRESETS[name], presets.PRESETS["{}_{}".format(control, dataset)]
             config = {k: v for k, v in ours.model_config.items() if k not in noise_only}
             assert config == theirs.model_config, name
-            # The keys the quality table compares; `limit` is a run option, not a preset field.
-            keys = [key for key in RECIPE_KEYS if hasattr(ours, key)]
+            # The keys the quality table compares, and the whole recipe (optimizer and schedule too).
+            keys = [key for key in (*RECIPE_KEYS, *presets.RECIPE_FIELDS) if hasattr(ours, key)]
             assert {"epochs", "batch_size", "learning_rate", "seed"} <= set(keys)
             for key in keys:
                 assert getattr(ours, key) == getattr(theirs, key), (name, key)

@@ -1,6 +1,7 @@
 """Train a preset: `python -m zoo.train dae_mnist` leaves a self-describing run dir.
 
-runs/<preset>/: model.keras, config.json, history.csv, metrics.json, reconstructions.png.
+runs/<preset>/: model.keras, config.json, history.csv, metrics.json, reconstructions.png (zoo.schema).
+`--set KEY=VALUE` and `--config FILE` change the preset's recipe or model (zoo.presets.apply_overrides).
 An interrupted run resumes from its last epoch when started again with the same settings.
 This module is the command line and the run-dir rules; the training loop is zoo.training, loaded
 (with Keras and TensorFlow) only when something is trained, so listing and help answer at once.
@@ -9,18 +10,22 @@ This module is the command line and the run-dir rules; the training loop is zoo.
 import csv
 import io
 import json
-import math
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from zoo import _startup, fileio
+from zoo import _startup, fileio, schema
 from zoo.errors import ZooError, run_cli
-from zoo.presets import PRESETS, list_presets
+from zoo.presets import PRESETS, RECIPE_FIELDS, list_presets
 
-BACKUP_DIR = ".backup"  # checkpoints of the run in progress (zoo.checkpoint)
+# Run-dir names live in zoo.schema; these aliases keep `train.BACKUP_DIR` and the like working.
+BACKUP_DIR = schema.BACKUP_DIR  # checkpoints of the run in progress (zoo.checkpoint)
+RUN_FILES = schema.RUN_FILES
+COMPLETE = schema.METRICS  # written last: its presence marks a finished run
+RUN_KEY = "run_key.json"  # in BACKUP_DIR: the settings of the interrupted run, which a resume must match
 LEGACY_PARTIAL_HISTORY = ".history.partial.csv"  # written by aezoo 0.1; removed when found
 
 
@@ -29,30 +34,68 @@ TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'')
 
 
-MAX_SEED = 2 ** 32 - 1  # numpy's and TensorFlow's seeding accept 0..2**32-1
+#: The command-line flags that set a recipe field; they win over --set and --config.
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--lr", "seed": "--seed",
+         "limit": "--limit"}
 
 
-def resolve(preset, epochs=None, batch_size=None, lr=None, seed=None, limit=None):
-    """The training settings: the preset's, overridden by what the caller gave."""
-    settings = {
-        "epochs": preset.epochs if epochs is None else int(epochs),
-        "batch_size": preset.batch_size if batch_size is None else int(batch_size),
-        "learning_rate": preset.learning_rate if lr is None else float(lr),
-        "seed": preset.seed if seed is None else int(seed),
-        "limit": None if limit is None else int(limit),
-    }
-    for key in ("epochs", "batch_size", "limit"):
-        if settings[key] is not None and settings[key] < 1:
-            raise ZooError("--{} must be at least 1; got {}.".format(key.replace("_", "-"), settings[key]))
-    if not (math.isfinite(settings["learning_rate"]) and settings["learning_rate"] > 0):
-        raise ZooError("--lr must be a positive finite number, e.g. 1e-3; got {}.".format(settings["learning_rate"]))
-    if not 0 <= settings["seed"] <= MAX_SEED:
-        raise ZooError("--seed must be between 0 and {}; got {}.".format(MAX_SEED, settings["seed"]))
-    return settings
+def parse_value(text):
+    """A --set value: JSON when it parses (20, 0.5, true, [64, 128], null), else the text itself (masking)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-RUN_FILES = ("metrics.json", "model.keras", "config.json", "history.csv", "reconstructions.png")
-COMPLETE = "metrics.json"  # written last: its presence marks a finished run
+def parse_assignments(items):
+    """{key: value} from --set KEY=VALUE items, the last of a repeated key winning."""
+    result = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ZooError("--set expects KEY=VALUE, e.g. --set latent_dim=20; got {!r}.".format(item))
+        result[key.strip()] = parse_value(text)
+    return result
+
+
+def read_overrides(path):
+    """{key: value} from a --config file: a JSON (or, with PyYAML, YAML) object of the keys --set takes, flat
+    or in two sections, {"model": {...}, "training": {...}}."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ZooError("--config {} cannot be read: {}.".format(path, exc.strerror or exc)) from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ZooError("--config {} is YAML, and PyYAML is not installed: write it as JSON, or `pip install "
+                           "pyyaml`.".format(path)) from None
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ZooError("--config {} is not valid YAML: {}".format(path, " ".join(str(exc).split()))) from None
+    else:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ZooError("--config {} is not valid JSON ({}); YAML files need the .yaml suffix.".format(
+                path, exc)) from None
+    if not isinstance(value, dict):
+        raise ZooError("--config {} must hold an object of KEY: VALUE, e.g. {{\"latent_dim\": 20}}; it holds a {}."
+                       .format(path, type(value).__name__))
+    result = {}
+    for key, item in value.items():
+        if key in ("model", "training") and isinstance(item, dict):
+            entries = item.items()
+        else:
+            entries = [(key, item)]
+        for name, v in entries:
+            if name in result:
+                raise ZooError("--config {} sets {} twice.".format(path, name))
+            result[name] = v
+    return result
 
 
 def _run_state(out):
@@ -67,7 +110,7 @@ def _run_state(out):
         return "new"
     if fileio.marker_kind(out) != "run" and not _is_legacy_run(out):
         return "foreign"
-    if COMPLETE in names and "config.json" in names:
+    if COMPLETE in names and schema.CONFIG in names:
         return "complete"
     if BACKUP_DIR in names:
         return "interrupted"
@@ -78,12 +121,12 @@ def _is_legacy_run(out):
     """A run dir of aezoo 0.1, which wrote no marker: its config.json names aezoo's version, or its checkpoint
     folder holds aezoo's run key."""
     try:
-        config = json.loads((out / "config.json").read_text())
+        config = json.loads((out / schema.CONFIG).read_text())
         if isinstance(config, dict) and "aezoo" in (config.get("versions") or {}):
             return True
     except (OSError, ValueError):
         pass
-    return (out / BACKUP_DIR / "run_key.json").is_file()
+    return (out / BACKUP_DIR / RUN_KEY).is_file()
 
 
 def _check_out(out, overwrite):
@@ -101,7 +144,7 @@ def _check_out(out, overwrite):
 
 def _describe_run(out):
     try:
-        config = json.loads((out / "config.json").read_text())
+        config = json.loads((out / schema.CONFIG).read_text())
         return "preset {}, {} epochs".format(config.get("preset"), config.get("training", {}).get("epochs"))
     except (OSError, ValueError, AttributeError):
         return "its config.json is unreadable"
@@ -113,7 +156,7 @@ def _clear_old_run(out):
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
         if name == COMPLETE:
-            export_dir = out / "export"
+            export_dir = out / schema.EXPORT_DIR
             if export_dir.is_dir():
                 shutil.rmtree(export_dir)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
@@ -163,12 +206,24 @@ def main(argv=None):
         "--list                                   # every preset with its description",
         "dae_mnist                                # -> runs/dae_mnist/; run again after Ctrl-C to resume",
         "conv_ae_fashion_mnist --epochs 5 --batch-size 256 --lr 2e-3 --out runs/try1",
+        "dae_mnist --set latent_dim=20 --set noise=masking --set noise_level=0.5 --out runs/dae_masking",
+        "deep_ae_mnist --set optimizer=adamw --set weight_decay=1e-4 --set schedule=constant --out runs/adamw",
+        "vae_mnist --config recipe.json --set beta=0.5      # recipe.json: {\"model\": {\"latent_dim\": 16}, "
+        "\"training\": {\"epochs\": 10}}",
         "deep_ae_mnist --epochs 1 --limit 256 --data-dir ~/mnist-idx --out /tmp/smoke --overwrite"])
     parser.add_argument("preset", nargs="?", help="preset name, e.g. dae_mnist (see --list)")
     parser.add_argument("--list", action="store_true", help="list the presets with their descriptions")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help="override a recipe field ({}) or an argument of the preset's model (latent_dim, noise, "
+                             "noise_level, hidden_units, filters, reconstruction_loss, ...); VALUE is JSON when it "
+                             "parses (20, 0.5, true, [64,128], null), else text; repeatable".format(
+                                 ", ".join(RECIPE_FIELDS)))
+    parser.add_argument("--config", metavar="FILE",
+                        help="overrides from a JSON file (YAML too with PyYAML): the keys of --set, flat or as "
+                             '{"model": {...}, "training": {...}}. Preset < --config < --set < the flags below')
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="peak learning rate (cosine decay follows)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (of the schedule: cosine decay by default)")
     parser.add_argument("--data-dir", help="folder with the four IDX files (or set ZOO_DATA_DIR)")
     parser.add_argument("--out", help="run dir (default runs/<preset>/)")
     parser.add_argument("--overwrite", action="store_true",
@@ -191,8 +246,10 @@ def main(argv=None):
     def body():
         # A terminal gets Keras' live bar; a log file one line per epoch (verbose=2 in zoo.training).
         verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
-        train(args.preset, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=verbose,
+        overrides = read_overrides(args.config) if args.config else {}
+        overrides.update(parse_assignments(args.set))
+        train(args.preset, overrides=overrides, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+              lr=args.lr, data_dir=args.data_dir, seed=args.seed, limit=args.limit, verbose=verbose,
               strategy=args.strategy, overwrite=args.overwrite)
         return 0
 

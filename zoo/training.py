@@ -16,14 +16,11 @@ import keras
 import numpy as np
 
 import zoo
-from zoo import checkpoint, data, fileio, figures, metrics
+from zoo import checkpoint, data, fileio, figures, metrics, presets, schema
 from zoo.errors import ZooError
-from zoo.presets import get_preset
-from zoo.registry import constructor_arguments
-from zoo.train import (BACKUP_DIR, COMPLETE, LEGACY_PARTIAL_HISTORY, STRATEGIES, TF_CONFIG_EXAMPLE, _check_out,
-                       _clear_old_run, history_csv, resolve, timing)
+from zoo.train import (BACKUP_DIR, COMPLETE, FLAGS, LEGACY_PARTIAL_HISTORY, RUN_KEY, STRATEGIES, TF_CONFIG_EXAMPLE,
+                       _check_out, _clear_old_run, history_csv, timing)
 
-NORMALIZATION = "float32 in [0, 1], NHWC"
 EVAL_SEED = 2024  # noise for the denoising metrics is drawn the same way for every run
 
 
@@ -148,11 +145,17 @@ def library_versions():
     return versions
 
 
-def build_model(preset, seed):
-    config = dict(preset.model_config)
-    if "seed" in constructor_arguments(preset.model):
-        config["seed"] = seed  # noise and sampling draws follow the run's seed
-    return zoo.build(preset.model, **config)
+def make_optimizer(preset, steps_per_epoch):
+    """Keras' optimizer for the recipe: `preset.optimizer` at `preset.learning_rate`, with its schedule."""
+    rate = preset.learning_rate
+    if preset.schedule == "cosine":
+        # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
+        rate = keras.optimizers.schedules.CosineDecay(rate, steps_per_epoch * preset.epochs, alpha=0.01)
+    config = {"learning_rate": rate}
+    # AdamW requires a weight decay; the others keep Keras' default (none) unless the recipe asks for one.
+    if preset.weight_decay or preset.optimizer == "adamw":
+        config["weight_decay"] = preset.weight_decay
+    return keras.optimizers.get({"class_name": preset.optimizer, "config": config})
 
 
 class _StopOnNaN(keras.callbacks.Callback):
@@ -192,7 +195,7 @@ class _EpochLine(keras.callbacks.Callback):
 
 def _check_resume(out, run_key):
     """A backup from other settings would resume the wrong run: refuse rather than mix them."""
-    key_file = out / BACKUP_DIR / "run_key.json"
+    key_file = out / BACKUP_DIR / RUN_KEY
     if (out / BACKUP_DIR).exists() and not key_file.exists() and checkpoint.read_state(out / BACKUP_DIR) is None:
         shutil.rmtree(out / BACKUP_DIR)  # killed before its first write: nothing in it to resume
     if (out / BACKUP_DIR).exists():
@@ -200,7 +203,7 @@ def _check_resume(out, run_key):
             previous = json.loads(key_file.read_text()) if key_file.exists() else None
         except (OSError, ValueError):
             previous = "unreadable"
-        if previous != run_key:
+        if previous != json.loads(json.dumps(run_key)):  # as read back: tuples become lists
             raise ZooError(
                 "{} holds an interrupted run with other settings ({}). Start it again with those settings to "
                 "resume, or pass --overwrite (or choose another --out) to start afresh.".format(out, previous))
@@ -237,25 +240,30 @@ def save_figure(path, model, images, recon, noisy, title):
 
 
 def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=None, seed=None, limit=None,
-          verbose=1, callbacks=(), strategy="default", overwrite=False):
+        verbose=1, callbacks=(), strategy="default", overwrite=False, overrides=None):
     """Train `preset` and write its run dir; returns the run dir's Path.
 
+    `overrides` is {key: value} of recipe fields and model arguments (zoo.presets.apply_overrides, the
+    --set and --config of the command line); `epochs`, `batch_size`, `lr`, `seed` and `limit` win over it.
     `strategy` is "default" (one device), "mirrored" (this host's devices) or "multiworker"
-    (several hosts), or a tf.distribute.Strategy; see `place` for what each means per backend. `batch_size` is the global batch, split
-    across replicas; the learning rate is used as given (see README for the scaling rule).
+    (several hosts), or a tf.distribute.Strategy; see `place` for what each means per backend.
+    `batch_size` is the global batch, split across replicas; the learning rate is used as given (see
+    README for the scaling rule).
     A run dir that holds a finished run is refused unless `overwrite`; one that holds an interrupted
     run with the same settings is resumed. One process at a time may write a run dir.
     """
-    preset = get_preset(preset)
-    settings = resolve(preset, epochs, batch_size, lr, seed, limit)
+    explicit = {key: value for key, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", lr),
+                                              ("seed", seed), ("limit", limit)) if value is not None}
+    preset, changed = presets.apply_overrides(preset, {**(overrides or {}), **explicit},
+                                              labels={key: FLAGS[key] for key in explicit})
     placement = place(strategy)
-    if settings["batch_size"] % placement.batch_multiple:
+    if preset.batch_size % placement.batch_multiple:
         raise ZooError("--batch-size {} does not split evenly over the {} devices; use a multiple of {}, e.g. {}."
-                       .format(settings["batch_size"], placement.batch_multiple, placement.batch_multiple,
-                               settings["batch_size"] // placement.batch_multiple * placement.batch_multiple
+                       .format(preset.batch_size, placement.batch_multiple, placement.batch_multiple,
+                               preset.batch_size // placement.batch_multiple * placement.batch_multiple
                                or placement.batch_multiple))
     chief = placement.chief
-    out = Path(out) if out is not None else Path("runs") / preset.name
+    out = Path(out) if out is not None else Path(schema.RUNS_DIR) / preset.name
     # Every process resumes from the chief's checkpoint (on storage they all see), so that all of them start
     # from the same epoch and weights; the others then write their own checkpoints in a scratch folder.
     resume_from = out / BACKUP_DIR
@@ -265,9 +273,13 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
         # Other workers compute the same steps but must not write where the chief writes.
         out = Path(tempfile.mkdtemp(prefix="aezoo-worker-"))
 
-    keras.utils.set_random_seed(settings["seed"])
-    splits = data.load(preset.dataset, batch_size=settings["batch_size"], seed=settings["seed"],
-                       data_dir=data_dir, limit=settings["limit"])
+    keras.utils.set_random_seed(preset.seed)
+    # Built before any data is read or any folder written, so that a value the model rejects costs nothing.
+    with placement.scope():
+        model = presets.build_model(preset, changed)
+        model.vector_logs = placement.vector_logs
+    splits = data.load(preset.dataset, batch_size=preset.batch_size, seed=preset.seed, data_dir=data_dir,
+                       limit=preset.limit)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = fileio.FolderLock(out)
@@ -285,7 +297,8 @@ def run(preset, *, out=None, epochs=None, batch_size=None, lr=None, data_dir=Non
         fileio.write_marker(out, "run")
         fileio.remove_partials(out)
         (out / LEGACY_PARTIAL_HISTORY).unlink(missing_ok=True)
-        return _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks, resume_from)
+        return _train_locked(preset, changed, model, splits, out, placement, data_dir, verbose, callbacks,
+                             resume_from)
     except BaseException:
         if not chief:
             shutil.rmtree(out, ignore_errors=True)  # a worker's scratch folder
@@ -301,17 +314,16 @@ def _warn(message):
     print("warning: " + message, file=sys.stderr, flush=True)
 
 
-def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, callbacks, resume_from):
+def _train_locked(preset, changed, model, splits, out, placement, data_dir, verbose, callbacks, resume_from):
     with placement.scope():
-        model = build_model(preset, settings["seed"])
-        model.vector_logs = placement.vector_logs
-        # Cosine decay to 1% over the whole run: the last epochs refine instead of bouncing around.
-        schedule = keras.optimizers.schedules.CosineDecay(
-            settings["learning_rate"], splits.steps_per_epoch * settings["epochs"], alpha=0.01)
-        model.compile(optimizer=keras.optimizers.Adam(schedule))
+        model.compile(optimizer=make_optimizer(preset, splits.steps_per_epoch))
 
+    settings = {key: getattr(preset, key) for key in ("epochs", "batch_size", "learning_rate", "seed", "limit")}
     run_key = {"preset": preset.name, **settings, "data_source": splits.source, "strategy": placement.name,
                "replicas": placement.replicas, "backend": keras.backend.backend()}
+    others = {key: value for key, value in changed.items() if key not in settings}
+    if others:  # only then, so that a run interrupted before --set existed still resumes
+        run_key["overrides"] = others
     resumed = _check_resume(out, run_key)
     with placement.scope():
         source = out / BACKUP_DIR if placement.chief or not resume_from.is_dir() else resume_from
@@ -324,11 +336,11 @@ def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, c
 
     nan_guard = _StopOnNaN()
     saver = checkpoint.Checkpoint(out / BACKUP_DIR, state)
-    progress = [_EpochLine(settings["epochs"])] if verbose == 2 else []  # a log file: one line per epoch
-    if first_epoch < settings["epochs"]:  # a run killed after its last epoch goes straight to the evaluation
+    progress = [_EpochLine(preset.epochs)] if verbose == 2 else []  # a log file: one line per epoch
+    if first_epoch < preset.epochs:  # a run killed after its last epoch goes straight to the evaluation
         with placement.scope():
-            model.fit(splits.train(first_epoch, settings["epochs"], placement.batch_multiple, placement.shard),
-                      steps_per_epoch=splits.steps_per_epoch, initial_epoch=first_epoch, epochs=settings["epochs"],
+            model.fit(splits.train(first_epoch, preset.epochs, placement.batch_multiple, placement.shard),
+                      steps_per_epoch=splits.steps_per_epoch, initial_epoch=first_epoch, epochs=preset.epochs,
                       validation_data=splits.validation(placement.batch_multiple, placement.shard),
                       verbose=1 if verbose == 1 else 0, shuffle=False,
                       callbacks=[saver, nan_guard, *progress, *callbacks])
@@ -337,48 +349,32 @@ def _train_locked(preset, settings, splits, out, placement, data_dir, verbose, c
         raise TrainingDiverged("Training {} diverged: the loss became NaN{}. Lower the learning rate "
                                "(--lr, now {}) and start again; nothing was written.".format(
                                    preset.name, "" if nan_guard.bad_epoch < 0 else " in epoch {}".format(
-                                       nan_guard.bad_epoch + 1), settings["learning_rate"]))
+                                       nan_guard.bad_epoch + 1), preset.learning_rate))
 
     test_images = data.normalize(splits.test_images)
     result, recon, noisy = evaluate(model, test_images)
 
     # Each file is written whole or not at all; metrics.json goes last and marks a complete run. The
     # checkpoint stays until then, so an interruption here loses no epoch.
-    with fileio.atomic_path(out / "model.keras") as tmp:
+    with fileio.atomic_path(out / schema.MODEL) as tmp:
         model.save(tmp)
-    config = {
-        "preset": preset.name,
-        "model": preset.model,
-        "description": preset.description,
-        "model_config": model.get_config(),
-        "parameters": int(model.count_params()),
-        "dataset": preset.dataset,
-        "data_source": splits.source,
-        "data_dir": None if data_dir is None else str(data_dir),
-        "num_train": splits.num_train,
-        "num_val": splits.num_val,
-        "num_test": splits.num_test,
-        "training": {**settings, "optimizer": "Adam, cosine decay to 1%", "global_batch_size": settings["batch_size"],
-                     "strategy": placement.name, "replicas": placement.replicas,
-                     "per_replica_batch_size": settings["batch_size"] / placement.replicas,
-                     "backend": keras.backend.backend(),
-                     "reconstruction_loss": model.reconstruction_loss, "resumed": resumed},
-        "input_shape": list(model.image_shape),
-        "latent_dim": model.latent_dim,
-        "normalization": NORMALIZATION,
-        "versions": library_versions(),
-    }
-    fileio.write_json(out / "config.json", config)
-    fileio.write_text(out / "history.csv", history_csv(saver.state["history"]))
-    save_figure(out / "reconstructions.png", model, test_images, recon, noisy,
-                "{} (test set)".format(preset.name))
-    fileio.write_json(out / COMPLETE, {
-        "split": "test",
-        "num_images": int(len(test_images)),
-        "metrics": result,
-        "units": {k: v for k, v in metrics.UNITS.items() if k in result},
-        "timing": timing(saver.state["seconds"], splits.num_train),
-    })
+    schema.RunConfig(
+        preset=preset.name, model=preset.model, description=preset.description, model_config=model.get_config(),
+        parameters=int(model.count_params()), dataset=preset.dataset, data_source=splits.source,
+        data_dir=None if data_dir is None else str(data_dir), num_train=splits.num_train, num_val=splits.num_val,
+        num_test=splits.num_test,
+        training={**preset.recipe(), "global_batch_size": preset.batch_size, "strategy": placement.name,
+                  "replicas": placement.replicas, "per_replica_batch_size": preset.batch_size / placement.replicas,
+                  "backend": keras.backend.backend(), "reconstruction_loss": model.reconstruction_loss,
+                  "resumed": resumed},
+        input_shape=list(model.image_shape), latent_dim=model.latent_dim, versions=library_versions(),
+        overrides=changed,
+    ).save(out)
+    fileio.write_text(out / schema.HISTORY, history_csv(saver.state["history"]))
+    save_figure(out / schema.FIGURE, model, test_images, recon, noisy, "{} (test set)".format(preset.name))
+    schema.RunMetrics(split="test", num_images=int(len(test_images)), metrics=result,
+                      units={k: v for k, v in metrics.UNITS.items() if k in result},
+                      timing=timing(saver.state["seconds"], splits.num_train)).save(out)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     if not placement.chief:
         shutil.rmtree(out, ignore_errors=True)
