@@ -252,10 +252,10 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     if presets is None:
-        presets = sorted(p.name for p in runs_dir.glob("*") if (p / "metrics.json").exists())
+        presets = sorted(p.name for p in runs_dir.glob("*") if (p / schema.METRICS).exists())
         if not presets:
             raise ZooError("No complete run dirs in {}. Train some first: python -m zoo.train PRESET".format(runs_dir))
-    missing = [p for p in presets if not (runs_dir / p / "metrics.json").exists()]
+    missing = [p for p in presets if not (runs_dir / p / schema.METRICS).exists()]
     if missing:
         raise ZooError("No complete run for {} in {} (a complete run has metrics.json). Train it first: "
                        "python -m zoo.train {}".format(", ".join(missing), runs_dir, missing[0]))

@@ -7,7 +7,6 @@ images. Precision@10 and mAP@100 for raw pixels, PCA, each exported model's floa
 search_examples.png. Every index is a FAISS index built by zoo.search.
 """
 
-import json
 import os
 import platform
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import search
+from zoo import schema, search
 
 BITS = (16, 32, 64)
 DATASET = "fashion_mnist"
@@ -60,8 +59,8 @@ def latency(index, binarizer, queries, k=10, single=200, batch=1000):
 def models_in(runs):
     found = {}
     for run in sorted(Path(runs).glob("*_" + DATASET)):
-        encoder = run / "export" / "encoder.onnx"
-        if encoder.is_file() and (run / "metrics.json").is_file():
+        encoder = run / schema.EXPORT_DIR / schema.ONNX_FILES["encoder"]
+        if encoder.is_file() and (run / schema.METRICS).is_file():
             found[run.name] = encoder
     return found
 
@@ -102,8 +101,8 @@ def measure(runs="runs", n_queries=10000, scale=1_000_000, examples_out=None):
         run_dir = encoder.parent.parent
         indexed_runs[preset] = {
             "run_dir": str(run_dir),
-            "sq_error_per_image": json.loads((run_dir / "metrics.json").read_text())["metrics"]["sq_error_per_image"],
-            "epochs": json.loads((run_dir / "config.json").read_text())["training"]["epochs"]}
+            "sq_error_per_image": schema.RunMetrics.load(run_dir).metrics["sq_error_per_image"],
+            "epochs": schema.RunConfig.load(run_dir).epochs}
         rt = Runtime(encoder)
         db, queries = rt.encode(x_train).astype(np.float32), rt.encode(x_test).astype(np.float32)
         codes[preset] = (db, queries, encoder)

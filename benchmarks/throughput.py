@@ -31,10 +31,11 @@ import onnx
 import onnxruntime as ort
 
 from benchmarks.flops import count_flops
+from zoo import schema
 
-PARTS = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "autoencoder": "autoencoder.onnx"}
-ENDPOINTS = {"encoder": "encode", "decoder": "decode", "autoencoder": "reconstruct"}
-SAVEDMODEL_DIR = "savedmodel"
+PARTS = schema.ONNX_FILES
+ENDPOINTS = {part: endpoint for endpoint, part in schema.ENDPOINTS.items()}  # part -> SavedModel endpoint
+SAVEDMODEL_DIR = schema.SAVEDMODEL_DIR
 DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 1024, 4096)
@@ -42,8 +43,8 @@ DEFAULT_PEAK_SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}
 # Many CPU threads need bigger matrices to be kept busy: 2048 leaves a 16-core Xeon short of its peak.
 MANY_THREADS_PEAK_SIZES = (2048, 4096)
 MANY_THREADS = 8
-DEFAULT_OUT = Path("benchmarks") / "results"
-RUNS_DIR = Path("runs")
+DEFAULT_OUT = Path(schema.RESULTS_DIR)
+RUNS_DIR = Path(schema.RUNS_DIR)
 SCHEMA = "aezoo.throughput/1"
 # A point is timed for at most `max_seconds`, but never fewer than MIN_RUNS times (unless --repeats is lower).
 DEFAULT_REPEATS = 200

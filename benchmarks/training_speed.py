@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zoo import schema
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("tensorflow", "jax")
 
@@ -50,14 +52,14 @@ def train_once(preset, backend, epochs, limit, work):
 
 
 def run_figures(run_dir):
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    timing = metrics.get("timing", {})
+    metrics = schema.RunMetrics.load(run_dir)
+    config = schema.RunConfig.load(run_dir)
+    timing = metrics.timing
     return {"images_per_second": timing.get("train_images_per_second"),
             "seconds_per_epoch": timing.get("seconds_per_epoch"),
             "first_epoch_seconds": timing.get("first_epoch_seconds"), "load_average": timing.get("load_average"),
-            "sq_error_per_image": metrics["metrics"]["sq_error_per_image"],
-            "batch_size": config["training"]["batch_size"], "num_train": config["num_train"]}
+            "sq_error_per_image": metrics.metrics["sq_error_per_image"],
+            "batch_size": config.training["batch_size"], "num_train": config.num_train}
 
 
 def measure(presets, backends=BACKENDS, epochs=3, limit=6000, gpu_runs=None):
@@ -68,7 +70,7 @@ def measure(presets, backends=BACKENDS, epochs=3, limit=6000, gpu_runs=None):
             for backend in backends:
                 print("{} on {} ...".format(preset, backend), file=sys.stderr, flush=True)
                 row[backend] = train_once(preset, backend, epochs, limit, work)
-            if gpu_runs and (Path(gpu_runs) / preset / "metrics.json").is_file():
+            if gpu_runs and (Path(gpu_runs) / preset / schema.METRICS).is_file():
                 row["gpu"] = run_figures(Path(gpu_runs) / preset)
             rows.append(row)
     from benchmarks.throughput import _cpu_model

@@ -3,7 +3,7 @@
 import numpy as np
 
 import zoo
-from zoo import idx
+from zoo import idx, schema
 
 TINY_SHAPE = (8, 8, 1)
 TINY_LATENT = 4
@@ -45,8 +45,6 @@ def write_idx_dir(directory, n_train=N_TRAIN, n_test=N_TEST, shape=(28, 28)):
 def write_run_dir(run_dir, family, data_dir, dataset="mnist", epochs=1, seed=0, **extra):
     """A run dir shaped like zoo.train's (model.keras, config.json, metrics.json, history.csv) for a
     tiny 28x28 model of `family`, trained briefly on the IDX files in `data_dir`."""
-    import json
-
     import keras
 
     from zoo import data
@@ -60,21 +58,19 @@ def write_run_dir(run_dir, family, data_dir, dataset="mnist", epochs=1, seed=0, 
     recon = model.reconstruct(test)
     mse = float(np.mean(np.square(test - recon)))
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "model.keras")
-    config = {
-        "preset": "{}_{}".format(family, dataset), "model": family, "model_config": model.get_config(),
-        "dataset": dataset, "data_source": "idx:{}".format(data_dir), "data_dir": str(data_dir),
-        "training": {"epochs": epochs, "batch_size": 32, "learning_rate": 1e-3, "seed": seed, "limit": None},
-        "input_shape": list(model.image_shape), "latent_dim": model.latent_dim,
-        "normalization": "float32 in [0, 1], NHWC",
-        "versions": {"tensorflow": "test", "keras": keras.__version__, "aezoo": zoo.__version__, "python": "test"},
-    }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    metrics = {"split": "test", "num_images": len(test),
-               "metrics": {"mse_per_pixel": mse, "psnr_db": float(10 * np.log10(1 / mse))},
-               "units": {"mse_per_pixel": "mean of (x - x_hat)^2", "psnr_db": "dB"}}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "history.csv").write_text("epoch,loss\n" + "".join(
+    model.save(run_dir / schema.MODEL)
+    schema.RunConfig(
+        preset="{}_{}".format(family, dataset), model=family, model_config=model.get_config(), dataset=dataset,
+        data_source="idx:{}".format(data_dir), data_dir=str(data_dir),
+        training={"epochs": epochs, "batch_size": 32, "learning_rate": 1e-3, "seed": seed, "limit": None,
+                  "optimizer": "adam", "schedule": "constant"},
+        input_shape=list(model.image_shape), latent_dim=model.latent_dim,
+        versions={"tensorflow": "test", "keras": keras.__version__, "aezoo": zoo.__version__, "python": "test"},
+    ).save(run_dir)
+    schema.RunMetrics(split="test", num_images=len(test),
+                      metrics={"mse_per_pixel": mse, "psnr_db": float(10 * np.log10(1 / mse))},
+                      units={"mse_per_pixel": "mean of (x - x_hat)^2", "psnr_db": "dB"}).save(run_dir)
+    (run_dir / schema.HISTORY).write_text("epoch,loss\n" + "".join(
         "{},{}\n".format(i, v) for i, v in enumerate(history["loss"])))
     return run_dir
 

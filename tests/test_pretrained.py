@@ -50,6 +50,11 @@ def test_the_bundled_release_is_whole_small_and_stores_each_weight_once():
         assert manifest.weights_sha256 and manifest.metrics["metrics"]["sq_error_per_image"] > 0
 
 
+def test_the_one_file_runtime_keeps_the_schema_names():
+    # export/runtime.py is meant to be copied alone to a device, so it keeps its own copy of these names.
+    assert runtime.FILES == schema.ONNX_FILES and runtime.NORMALIZATION == schema.NORMALIZATION
+
+
 def test_fetch_uses_the_bundled_release_with_no_setting_and_no_network(tmp_path):
     paths = weights.fetch(SMALL, verbose=False)
     assert paths["dir"] == tmp_path / "cache" / SMALL

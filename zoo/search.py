@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import fileio
+from zoo import fileio, schema
 from zoo.errors import ZooError
 
 KINDS = ("flat", "hnsw", "binary", "binary-hnsw")
@@ -52,8 +52,9 @@ sha256_file = fileio.sha256_file
 def resolve_model(model):
     """The encoder.onnx of an export dir, a run dir (its export/), a bundle or a preset name (runs/<preset>/export)."""
     path = Path(model)
-    candidates = [path, path / "encoder.onnx", path / "export" / "encoder.onnx",
-                  Path("runs") / str(model) / "export" / "encoder.onnx"]
+    encoder = schema.ONNX_FILES["encoder"]
+    candidates = [path, path / encoder, path / schema.EXPORT_DIR / encoder,
+                  Path(schema.RUNS_DIR) / str(model) / schema.EXPORT_DIR / encoder]
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".onnx":
             return candidate
