@@ -40,6 +40,17 @@ ONNX_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "autoencoder
 #: SavedModel endpoint -> the part it runs. `reconstruct` first: ExportArchive makes it serving_default.
 ENDPOINTS = {"reconstruct": "autoencoder", "encode": "encoder", "decode": "decoder"}
 NORMALIZATION = "float32 in [0, 1], NHWC"
+#: Precision variants of the ONNX files: fp32 is the plain name, the others add theirs (encoder.int8.onnx).
+#: Every variant keeps float32 inputs and outputs.
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def onnx_file(part, precision="fp32"):
+    """The file name of `part` ("encoder", "decoder", "autoencoder") at `precision`."""
+    if precision not in PRECISIONS:
+        raise SchemaError("Unknown precision {!r}; choose one of {}.".format(precision, ", ".join(PRECISIONS)))
+    name = ONNX_FILES[part]
+    return name if precision == "fp32" else name.replace(".onnx", ".{}.onnx".format(precision))
 
 # --- a release bundle (python -m export.release) -----------------------------------------------------------------
 MANIFEST = "manifest.json"
