@@ -91,8 +91,10 @@ def test_from_preset_pretrained_matches_the_onnx_files_and_the_trained_weights()
 def test_from_preset_untrained_takes_overrides():
     model = zoo.from_preset("dae_mnist", pretrained=False, latent_dim=7, noise="masking", noise_level=0.5)
     assert (model.latent_dim, model.noise, model.noise_level) == (7, "masking", 0.5)
-    with pytest.raises(ZooError, match="latent_dimm"):
+    with pytest.raises(ZooError, match="latent_dimm.*Did you mean.*latent_dim"):
         zoo.from_preset("dae_mnist", pretrained=False, latent_dimm=7)
+    with pytest.raises(ZooError, match="cannot be built with noise=.?foo"):
+        zoo.from_preset("dae_mnist", pretrained=False, noise="foo")
 
 
 def test_a_damaged_weights_map_is_refused(tmp_path):

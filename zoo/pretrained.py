@@ -162,8 +162,8 @@ def from_preset(name, pretrained=True, *, source=None, cache_dir=None, verbose=F
     if not pretrained:
         from zoo import presets
 
-        preset, _ = presets.apply_overrides(name, overrides)
-        return zoo.build(preset.model, **preset.model_config)
+        preset, changed = presets.apply_overrides(name, overrides)
+        return presets.build_model(preset, changed)
     from zoo import weights
 
     paths = weights.fetch(name, format="keras", source=source, cache_dir=cache_dir, verbose=verbose)
