@@ -1,12 +1,16 @@
 """Run exported aezoo ONNX models with numpy and onnxruntime only (no TensorFlow, Keras or `zoo`; one file
-to copy to a device). Shapes and normalization come from the ONNX metadata: `Runtime(path).encode(images)`."""
+to copy to a device). Shapes and normalization come from the ONNX metadata: `Runtime(path).encode(images)`;
+`Runtime(path, device="cuda")` runs on a GPU (onnxruntime-gpu), `precision="int8"` picks a variant's files."""
 
 import argparse
+import ctypes
 import json
 import math
 import os
 import sys
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +18,19 @@ import onnxruntime as ort
 
 #: File name of each role in a bundle folder (an export dir, a release bundle, a fetched cache dir).
 FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "autoencoder": "autoencoder.onnx"}
+#: Precision variants of those files: fp32 is the plain name, the others add theirs (encoder.int8.onnx). Every
+#: variant keeps float32 inputs and outputs. (zoo.schema defines both; this file keeps copies to stay alone.)
+PRECISIONS = ("fp32", "fp16", "int8")
 NORMALIZATION = "float32 in [0, 1], NHWC"
+DEVICES = ("cpu", "cuda")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+#: onnxruntime's name for where each device's OrtValues live (tests map "cuda" to "cpu" to run the CUDA paths).
+ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 
 # metadata_props written by export.exporter; the JSON ones hold lists, dicts or numbers.
 META_PREFIX = "aezoo."
 META_KEYS = ("format_version", "preset", "family", "role", "dataset", "latent_dim", "input_shape", "normalization",
-             "variational", "inputs", "outputs", "metrics", "versions", "sampling")
+             "variational", "inputs", "outputs", "metrics", "versions", "sampling", "precision")
 JSON_KEYS = {"format_version", "latent_dim", "input_shape", "variational", "inputs", "outputs", "metrics", "versions"}
 REQUIRED_KEYS = ("role", "latent_dim", "input_shape", "inputs", "outputs")
 
@@ -42,6 +53,33 @@ class InputError(InferenceError, ValueError):
 
 class OutputError(InferenceError):
     """The result cannot be written where it was asked to go."""
+
+
+class DeviceError(InferenceError):
+    """The asked-for device cannot be used: onnxruntime lacks its provider, or the provider did not start."""
+
+
+def variant_file(role, precision="fp32"):
+    """The file name of `role` ("encoder", "decoder", "autoencoder") at `precision` (zoo.schema.onnx_file)."""
+    if precision not in PRECISIONS:
+        raise BundleError("Unknown precision {!r}; choose one of {}.".format(precision, ", ".join(PRECISIONS)))
+    name = FILES[role]
+    return name if precision == "fp32" else name.replace(".onnx", ".{}.onnx".format(precision))
+
+
+def file_precision(path):
+    """The precision a file's name says (encoder.int8.onnx -> "int8"; encoder.onnx -> "fp32")."""
+    name = Path(path).name
+    for precision in PRECISIONS[1:]:
+        if name.endswith(".{}.onnx".format(precision)):
+            return precision
+    return "fp32"
+
+
+def bundle_precisions(folder):
+    """The precisions of which `folder` holds at least one file."""
+    folder = Path(folder)
+    return [p for p in PRECISIONS if any((folder / variant_file(role, p)).is_file() for role in FILES)]
 
 
 def encode_metadata(values):
@@ -125,31 +163,236 @@ def check_latents(latents, latent_dim):
     return z
 
 
+# --- devices, providers and host memory ----------------------------------------------------------------
+
+
+def check_device(device):
+    """Raise DeviceError unless this onnxruntime can run on `device` ("cpu" or "cuda")."""
+    if device not in DEVICES:
+        raise InferenceError("device must be one of {}; got {!r}.".format(", ".join(map(repr, DEVICES)), device))
+    available = ort.get_available_providers()
+    if PROVIDERS[device] not in available:
+        raise DeviceError(
+            "device={!r} needs onnxruntime's {}, but this onnxruntime {} offers only {}: install the GPU build "
+            "(pip uninstall onnxruntime && pip install onnxruntime-gpu; both provide the same module).".format(
+                device, PROVIDERS[device], ort.__version__, ", ".join(available)))
+    if device == "cuda" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA and cuDNN from pip's nvidia-* packages only when preloaded.
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # a library still missing is reported when the session falls back to the CPU
+            warnings.warn("onnxruntime.preload_dlls() failed: {}".format(exc))
+
+
+def providers_for(device, providers=None, cuda_graph=False):
+    """The providers list for onnxruntime: `providers` as given, else the device's (CUDA, then the CPU for what
+    CUDA lacks); `cuda_graph` adds enable_cuda_graph=1 to the CUDA provider's options."""
+    if providers:
+        result = [p if isinstance(p, str) else (p[0], dict(p[1])) for p in providers]
+    elif device == "cuda":
+        result = [(PROVIDERS["cuda"], {"device_id": "0"}), PROVIDERS["cpu"]]
+    else:
+        result = [PROVIDERS["cpu"]]
+    if cuda_graph:
+        for i, entry in enumerate(result):
+            name, options = (entry, {}) if isinstance(entry, str) else entry
+            if name == PROVIDERS["cuda"]:
+                result[i] = (name, dict(options, enable_cuda_graph="1"))
+                break
+        else:
+            raise InferenceError("cuda_graph_batch needs the CUDAExecutionProvider among the providers; got {}.".format(
+                ", ".join(e if isinstance(e, str) else e[0] for e in result)))
+    return result
+
+
+class PinnedHost:
+    """Page-locked host memory from the CUDA runtime (libcudart, which onnxruntime-gpu loads): a copy between it
+    and the GPU is one DMA transfer, where pageable memory is first staged through a driver buffer.
+
+    `PinnedHost.load()` returns None where there is no CUDA runtime; `empty(shape)` gives a numpy array whose
+    memory is freed with the last view of it."""
+
+    LIBRARIES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so", "cudart64_13.dll", "cudart64_12.dll")
+    PORTABLE = 1  # cudaHostAllocPortable: pinned for every CUDA context, onnxruntime's too
+
+    def __init__(self, library):
+        self._lib = library
+        self._lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
+        self._lib.cudaHostAlloc.restype = ctypes.c_int
+        self._lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
+        self._lib.cudaFreeHost.restype = ctypes.c_int
+
+    @classmethod
+    def load(cls):
+        """A PinnedHost over the first CUDA runtime library found, or None (the reason is in `load_error`)."""
+        errors = []
+        for name in cls.LIBRARIES:
+            try:
+                host = cls(ctypes.CDLL(name))
+            except (OSError, AttributeError) as exc:
+                errors.append(str(exc))
+                continue
+            try:
+                host.empty((1,))  # a CUDA runtime without a usable GPU loads, but cannot pin
+            except MemoryError as exc:
+                cls.load_error = "{}: {}".format(name, exc)
+                return None
+            return host
+        cls.load_error = "no CUDA runtime library ({}): {}".format(", ".join(cls.LIBRARIES), errors[-1])
+        return None
+
+    def _alloc(self, nbytes):
+        ptr = ctypes.c_void_p()
+        status = self._lib.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(nbytes), self.PORTABLE)
+        if status != 0 or not ptr.value:
+            raise MemoryError("cudaHostAlloc of {} bytes failed (CUDA error {})".format(nbytes, status))
+        return ptr.value
+
+    def _free(self, ptr):
+        self._lib.cudaFreeHost(ctypes.c_void_p(ptr))
+
+    def empty(self, shape, dtype=np.float32):
+        """An uninitialized C-contiguous numpy array in page-locked memory."""
+        shape = tuple(int(d) for d in shape)
+        dtype = np.dtype(dtype)
+        return np.asarray(_HostBlock(self, self._alloc(max(1, math.prod(shape) * dtype.itemsize)), shape, dtype))
+
+
+class _HostBlock:
+    """Owns one PinnedHost allocation; numpy keeps it as the array's base, so it lives as long as any view."""
+
+    def __init__(self, host, ptr, shape, dtype):
+        self._host, self._ptr = host, ptr
+        self.__array_interface__ = {"data": (ptr, False), "shape": shape, "typestr": dtype.str, "version": 3}
+
+    def __del__(self):
+        self._host._free(self._ptr)
+
+
+class _Staging:
+    """A reusable host buffer per role, page-locked when `host` is given: inputs are copied into it before
+    onnxruntime copies them to the device."""
+
+    def __init__(self, host):
+        self.host, self._buffers = host, {}
+
+    def put(self, key, x):
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.shape[0] < len(x) or buffer.shape[1:] != x.shape[1:]:
+            buffer = self.host.empty(x.shape) if self.host is not None else np.empty(x.shape, np.float32)
+            self._buffers[key] = buffer
+        view = buffer[:len(x)]
+        np.copyto(view, x)
+        return view
+
+
+class FixedBatch:
+    """One session run at a fixed batch N on OrtValues allocated once and bound once, as CUDA graphs need: each
+    call copies the batch into the bound input in place (OrtValue.update_inplace) and runs the binding, which on
+    a session made with enable_cuda_graph=1 captures the graph on the first runs and replays it after.
+
+    Other batch sizes are cut into pieces of N, the last one padded with zeros (results of the padding are
+    dropped): every call replays the one captured graph, with no second session and no new allocation.
+    Works on any device, so that the logic is tested on the CPU."""
+
+    def __init__(self, session, batch, item_shape, output_shapes, device, host=None, warmup_runs=2):
+        self.session, self.batch, self.device = session, int(batch), device
+        self.ort_device = ORT_DEVICE[device]
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in session.get_outputs()]
+        shape = (self.batch,) + tuple(int(d) for d in item_shape)
+        self.staging = host.empty(shape) if host is not None else np.empty(shape, np.float32)
+        self.staging[...] = 0
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.ort_device, 0)
+        self.input.update_inplace(self.staging)
+        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type((self.batch,) + tuple(int(d) for d in s),
+                                                                  np.float32, self.ort_device, 0)
+                        for s in output_shapes]
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(self.input_name, self.input)
+        for name, value in zip(self.output_names, self.outputs):
+            self.binding.bind_ortvalue_output(name, value)
+        self._lock = threading.Lock()
+        for _ in range(warmup_runs):  # the CUDA provider captures the graph within these
+            self.replay()
+
+    def replay(self):
+        """Run the bound session on whatever the bound input holds; outputs stay on the device."""
+        self.session.run_with_iobinding(self.binding)
+        if self.ort_device != "cpu":
+            self.binding.synchronize_outputs()
+
+    def run(self, x):
+        """Outputs (numpy, on the host) for inputs `x` of any batch size, N at a time."""
+        results = []
+        with self._lock:
+            for start in range(0, len(x), self.batch):
+                piece = x[start:start + self.batch]
+                n = len(piece)
+                self.staging[:n] = piece
+                if n < self.batch:
+                    self.staging[n:] = 0
+                self.input.update_inplace(self.staging)
+                self.replay()
+                # OrtValue.numpy() copies a device tensor to the host but may share a CPU one: copy then.
+                results.append([np.array(o.numpy()[:n], copy=self.ort_device == "cpu") for o in self.outputs])
+        return [np.concatenate([r[k] for r in results]) for k in range(len(self.output_names))]
+
+
 # --- the runtime ---------------------------------------------------------------------------------------
 
 
 class Runtime:
     """An exported autoencoder: a bundle folder (encoder/decoder/autoencoder .onnx) or one .onnx file.
 
-    `providers` is passed to onnxruntime (default: every available provider, GPU first);
-    `intra_op_threads` caps the threads one call may use (default: onnxruntime's, all cores).
+    `device`: "cpu" (the default) or "cuda" (onnxruntime-gpu: the CUDA provider, with the CPU for any node it
+    lacks); `providers` overrides the list given to onnxruntime (the device then follows its first entry).
+    `precision`: "fp32" (default), "fp16" or "int8" picks the variant files of a bundle folder
+    (encoder.int8.onnx, ...); for a single file its name says it. `intra_op_threads` caps the threads one call
+    may use (default: onnxruntime's, all cores).
+
+    Every call runs through an IOBinding; on CUDA the inputs are first copied into page-locked host buffers
+    (`pinned_memory`, when the CUDA runtime library is found) so that the copy to the GPU is one DMA transfer,
+    and the outputs come back with copy_outputs_to_cpu. A Runtime on CUDA serves one call at a time per role.
+
+    `cuda_graph_batch=N` (device="cuda" only): sessions are made with the CUDA provider's enable_cuda_graph=1,
+    and each role gets device input and output buffers for exactly N examples, bound once; a call copies its
+    batch in place and replays the captured graph. A batch of any other size is cut into pieces of N and the
+    last piece padded with zeros, so the one graph serves every call (a batch of 1 costs as much as a batch of
+    N: choose N as the serving batch). `batch_size` arguments are then ignored.
+
     `encode` gives the code (for a VAE the posterior mean; `encode_distribution` gives mean and log
     variance); `decode` maps codes to images; `reconstruct` is decode(encode(x)).
     """
 
-    def __init__(self, path, providers=None, intra_op_threads=None, inter_op_threads=None):
+    def __init__(self, path, device=None, precision=None, providers=None, intra_op_threads=None,
+                 inter_op_threads=None, cuda_graph_batch=None, io_binding=True, pinned_memory=True):
         self.path = Path(path)
+        if device is None:
+            first = providers[0] if providers else PROVIDERS["cpu"]
+            device = "cuda" if (first if isinstance(first, str) else first[0]) == PROVIDERS["cuda"] else "cpu"
+        if device not in DEVICES:
+            raise InferenceError("device must be one of {}; got {!r}.".format(", ".join(map(repr, DEVICES)), device))
+        if cuda_graph_batch is not None:
+            if device != "cuda":
+                raise InferenceError("cuda_graph_batch needs device='cuda' (CUDA graphs are a feature of the CUDA "
+                                     "provider); got device={!r}.".format(device))
+            if int(cuda_graph_batch) < 1 or int(cuda_graph_batch) != cuda_graph_batch:
+                raise InferenceError("cuda_graph_batch must be a positive integer; got {!r}.".format(cuda_graph_batch))
+            cuda_graph_batch = int(cuda_graph_batch)
+        self.device, self.cuda_graph_batch, self.io_binding = device, cuda_graph_batch, bool(io_binding)
+        if providers is None or device == "cuda":
+            check_device(device)
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = int(intra_op_threads)
         if inter_op_threads is not None:
             options.inter_op_num_threads = int(inter_op_threads)
-        # The Azure provider calls remote endpoints; it has no place in local inference.
-        self.providers = list(providers) if providers else [
-            p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+        self.providers = providers_for(device, providers, cuda_graph=cuda_graph_batch is not None)
+        self.precision, files = self._files(precision)
         self.sessions = {}
         self.metadata = {}
-        for role, file in self._files():
+        for role, file in files:
             session, meta = self._open(file, options)
             if role is not None and meta["role"] != role:
                 raise BundleError("{} says it is the {} (aezoo.role), but its file name says {}.".format(
@@ -165,12 +408,33 @@ class Runtime:
         self.normalization = first.get("normalization", NORMALIZATION)
         self.metrics = first.get("metrics")
         self.versions = first.get("versions")
+        host = None
+        self.pinned_memory, self.pinned_memory_note = False, "not used on {}".format(device)
+        if device == "cuda" and pinned_memory:
+            host = PinnedHost.load()
+            self.pinned_memory = host is not None
+            self.pinned_memory_note = "page-locked (cudaHostAlloc)" if host else (
+                "pageable: " + getattr(PinnedHost, "load_error", "no CUDA runtime library"))
+        elif device == "cuda":
+            self.pinned_memory_note = "pageable: pinned_memory=False"
+        self._staging = _Staging(host)
+        self._lock = threading.Lock()
+        self.graphs = {}
+        if cuda_graph_batch is not None:
+            for role, session in self.sessions.items():
+                try:
+                    self.graphs[role] = FixedBatch(session, cuda_graph_batch, self._input_shape(role),
+                                                   self._output_shapes(role, session), device, host)
+                except Exception as exc:  # onnxruntime's own error classes
+                    raise DeviceError("Cannot capture a CUDA graph of {} at batch {}: {}".format(
+                        self._file_of(role), cuda_graph_batch, str(exc).splitlines()[0] if str(exc) else exc)) from None
 
     @classmethod
     def from_preset(cls, name, *, source=None, cache_dir=None, refresh=False, verbose=False, **kwargs):
         """The released ONNX files of preset `name` (e.g. "deep_ae_fashion_mnist"), fetched into the sha256-checked
         cache by zoo.weights: from the release bundled with aezoo by default, else `source` or $ZOO_WEIGHTS_URL.
-        `kwargs` go to Runtime (providers, intra_op_threads). Needs the aezoo package, not TensorFlow."""
+        `kwargs` go to Runtime (device, precision, providers, intra_op_threads, cuda_graph_batch). Needs the aezoo
+        package, not TensorFlow."""
         try:
             from zoo import weights
             from zoo.errors import ZooError
@@ -184,26 +448,51 @@ class Runtime:
             raise BundleError(str(exc)) from None
         return cls(paths["dir"], **kwargs)
 
-    def _files(self):
-        """[(role or None, path)]: a folder names its files by role; a lone file declares its role."""
+    def _files(self, precision):
+        """(precision, [(role or None, path)]): a folder names its files by role and precision; a lone file
+        declares its role in its metadata and its precision in its name."""
+        if precision is not None and precision not in PRECISIONS:
+            raise BundleError("Unknown precision {!r}; choose one of {}.".format(precision, ", ".join(PRECISIONS)))
         if self.path.is_dir():
-            files = [(role, self.path / name) for role, name in FILES.items() if (self.path / name).is_file()]
-            if not files:
-                raise BundleError("{} holds none of {}: not an exported model folder (export one with "
-                                  "`python -m export RUN_DIR`).".format(self.path, ", ".join(FILES.values())))
-            return files
+            precision = precision or "fp32"
+            files = [(role, self.path / variant_file(role, precision)) for role in FILES
+                     if (self.path / variant_file(role, precision)).is_file()]
+            if files:
+                return precision, files
+            have = bundle_precisions(self.path)
+            if have:
+                raise BundleError("{} has no {} files ({}); it has {}: pass precision= one of those.".format(
+                    self.path, precision, ", ".join(variant_file(r, precision) for r in FILES), ", ".join(
+                        "{} ({})".format(p, ", ".join(variant_file(r, p) for r in FILES
+                                                      if (self.path / variant_file(r, p)).is_file()))
+                        for p in have)))
+            raise BundleError("{} holds none of {}: not an exported model folder (export one with "
+                              "`python -m export RUN_DIR`).".format(self.path, ", ".join(FILES.values())))
         if self.path.is_file():
             if self.path.suffix != ".onnx":
                 raise BundleError("{} is not an .onnx file; pass a bundle folder or one of {}.".format(
                     self.path, ", ".join(FILES.values())))
-            return [(None, self.path)]
+            named = file_precision(self.path)
+            if precision is not None and precision != named:
+                raise BundleError("{} is the {} variant (by its name), not {}; pass its folder with precision={!r} "
+                                  "instead.".format(self.path, named, precision, precision))
+            return named, [(None, self.path)]
         raise BundleError("No such model file or folder: {}".format(self.path))
+
+    def _file_of(self, role):
+        return self.path if self.path.is_file() else self.path / variant_file(role, self.precision)
 
     def _open(self, file, options):
         try:
             session = ort.InferenceSession(str(file), sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             raise BundleError("Cannot load {} with onnxruntime: {}".format(file, exc)) from None
+        if self.device == "cuda" and session.get_providers()[0] != PROVIDERS["cuda"]:
+            raise DeviceError(
+                "onnxruntime did not start the CUDA provider for {} (active: {}); it falls back to the CPU when the "
+                "CUDA or cuDNN libraries are not found (its warning names the library): install "
+                "onnxruntime-gpu[cuda,cudnn] or put them on LD_LIBRARY_PATH.".format(
+                    file, ", ".join(session.get_providers())))
         meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
         missing = [k for k in REQUIRED_KEYS if k not in meta]
         if missing:
@@ -224,6 +513,21 @@ class Runtime:
                                                                   seen[key][1], value))
                 seen.setdefault(key, (role, value))
 
+    def _input_shape(self, role):
+        return (self.latent_dim,) if role == "decoder" else self.image_shape
+
+    def _output_shapes(self, role, session):
+        """Per-example shape of each output: from the graph where it is static, else what the role gives."""
+        default = (self.latent_dim,) if role == "encoder" else self.image_shape
+        shapes = []
+        for arg in session.get_outputs():
+            if arg.type != "tensor(float)":
+                raise BundleError("{}: output {} is {}; aezoo files have float32 outputs.".format(
+                    self._file_of(role), arg.name, arg.type))
+            dims = arg.shape[1:]
+            shapes.append(tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else default)
+        return shapes
+
     # --- inference --------------------------------------------------------------------------------
 
     def _session(self, role, what):
@@ -233,36 +537,59 @@ class Runtime:
                 self.path, role, FILES[role], what, ", ".join(FILES[r] for r in self.sessions)))
         return session
 
-    @staticmethod
-    def _run(session, x, batch_size):
-        name = session.get_inputs()[0].name
-        chunks = [session.run(None, {name: x[i:i + batch_size]}) for i in range(0, len(x), batch_size)]
+    def _run(self, role, what, x, batch_size):
+        session = self._session(role, what)
+        graph = self.graphs.get(role)
+        if graph is not None:
+            return graph.run(x)
+        run = self._run_bound if self.io_binding else self._run_plain
+        chunks = [run(role, session, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+    @staticmethod
+    def _run_plain(role, session, x):
+        return session.run(None, {session.get_inputs()[0].name: x})
+
+    def _run_bound(self, role, session, x):
+        """One call through an IOBinding: inputs from host memory (page-locked on CUDA), outputs allocated on
+        the device by onnxruntime and copied back."""
+        binding = session.io_binding()
+        if self.device == "cpu":
+            return self._finish(session, binding, x)
+        with self._lock:
+            return self._finish(session, binding, self._staging.put(role, x))
+
+    def _finish(self, session, binding, x):
+        binding.bind_cpu_input(session.get_inputs()[0].name, x)
+        for arg in session.get_outputs():
+            binding.bind_output(arg.name, ORT_DEVICE[self.device], 0)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def encode_distribution(self, images, batch_size=256):
         """(z_mean, z_log_var) of a VAE's posterior for each image."""
         if not self.variational:
             raise InferenceError("{} is not variational ({}); use encode().".format(self.path, self.family))
-        z_mean, z_log_var = self._run(self._session("encoder", "encode_distribution"),
-                                      check_images(images, self.image_shape), batch_size)
+        z_mean, z_log_var = self._run("encoder", "encode_distribution", check_images(images, self.image_shape),
+                                      batch_size)
         return z_mean, z_log_var
 
     def encode(self, images, batch_size=256):
         """Codes (batch, latent_dim) of float32 NHWC images in [0, 1]; the posterior mean for a VAE."""
         session = self._session("encoder", "encode")
         names = [o.name for o in session.get_outputs()]
-        outputs = self._run(session, check_images(images, self.image_shape), batch_size)
+        outputs = self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)
         return outputs[names.index("z_mean") if "z_mean" in names else 0]
 
     def decode(self, latents, batch_size=256):
         """Images (batch, H, W, C) in [0, 1] decoded from codes (batch, latent_dim)."""
-        return self._run(self._session("decoder", "decode"), check_latents(latents, self.latent_dim), batch_size)[0]
+        return self._run("decoder", "decode", check_latents(latents, self.latent_dim), batch_size)[0]
 
     def reconstruct(self, images, batch_size=256):
         """decode(encode(images)), with the autoencoder file when there is one."""
         x = check_images(images, self.image_shape)
         if "autoencoder" in self.sessions or not {"encoder", "decoder"} <= set(self.sessions):
-            return self._run(self._session("autoencoder", "reconstruct"), x, batch_size)[0]
+            return self._run("autoencoder", "reconstruct", x, batch_size)[0]
         return self.decode(self.encode(x, batch_size), batch_size)
 
     def sample(self, n, seed=None, batch_size=256):
@@ -276,10 +603,12 @@ class Runtime:
     def describe(self):
         """A JSON-able summary: what the model expects and what it is."""
         return {
-            "path": str(self.path), "files": {r: str(FILES[r]) for r in self.sessions}, "preset": self.preset,
-            "family": self.family, "input_shape": list(self.image_shape), "latent_dim": self.latent_dim,
-            "normalization": self.normalization, "variational": self.variational, "metrics": self.metrics,
+            "path": str(self.path), "files": {r: str(self._file_of(r).name) for r in self.sessions},
+            "preset": self.preset, "family": self.family, "input_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim, "normalization": self.normalization, "variational": self.variational,
+            "metrics": self.metrics, "device": self.device, "precision": self.precision,
             "providers": next(iter(self.sessions.values())).get_providers(),
+            "cuda_graph_batch": self.cuda_graph_batch, "host_memory": self.pinned_memory_note,
         }
 
 
@@ -365,9 +694,10 @@ def save_array(path, array):
     return path
 
 
-def run_command(command, model, inputs, out, log_var_out=None, providers=None, threads=None):
+def run_command(command, model, inputs, out, log_var_out=None, providers=None, threads=None, device=None,
+                precision=None):
     """What the CLI does: load, read, run, save. Returns the array written to `out`."""
-    runtime = Runtime(model, providers=providers, intra_op_threads=threads)
+    runtime = Runtime(model, device=device, precision=precision, providers=providers, intra_op_threads=threads)
     if command == "decode":
         latents = inputs if isinstance(inputs, np.ndarray) else _read_latents(inputs)
         result = runtime.decode(latents)
@@ -415,18 +745,22 @@ def main(argv=None, prog="python -m export.runtime"):
         if name == "encode":
             p.add_argument("--log-var-out", help="VAE only: also save z_log_var here")
         p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+        p.add_argument("--device", choices=DEVICES, help="cpu (default) or cuda (needs onnxruntime-gpu)")
+        p.add_argument("--precision", choices=PRECISIONS, help="which files of a bundle folder: fp32 (default), "
+                                                               "fp16 or int8 (encoder.int8.onnx, ...)")
         p.add_argument("--providers", help="comma-separated onnxruntime providers, e.g. CPUExecutionProvider")
     p = sub.add_parser("info", help="print what a model expects (from its ONNX metadata)")
     p.add_argument("model")
+    p.add_argument("--precision", choices=PRECISIONS)
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
-            print(json.dumps(Runtime(args.model, providers=["CPUExecutionProvider"]).describe(), indent=2))
+            print(json.dumps(Runtime(args.model, precision=args.precision).describe(), indent=2))
             return 0
         providers = args.providers.split(",") if args.providers else None
         result = run_command(args.command, args.model, args.inputs, args.out,
                              log_var_out=getattr(args, "log_var_out", None), providers=providers,
-                             threads=args.threads)
+                             threads=args.threads, device=args.device, precision=args.precision)
     except InferenceError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return 2

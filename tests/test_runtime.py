@@ -258,3 +258,244 @@ def test_cli_png_errors(runs, tmp_path, capsys):
     assert np.load(tmp_path / "o.npy").shape == (1, 4)
     assert runtime.main(["encode", str(tmp_path / "nowhere"), str(tmp_path / "rgb"), "--out", "x.npy"]) == 2
     assert "No such model file or folder" in capsys.readouterr().err
+
+
+# --- devices, precisions, IOBinding and CUDA graphs -------------------------------------------------------------
+
+
+def _bundle_with_int8(runs, tmp_path):
+    """A bundle folder with fp32 encoder and decoder and a stand-in int8 encoder (a copy of the fp32 one)."""
+    export_dir = runs["dae"] / "export"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        (tmp_path / name).write_bytes((export_dir / name).read_bytes())
+    (tmp_path / "encoder.int8.onnx").write_bytes((export_dir / "encoder.onnx").read_bytes())
+    return tmp_path
+
+
+def test_the_one_file_runtime_names_variants_like_the_schema():
+    from zoo import schema
+
+    assert runtime.PRECISIONS == schema.PRECISIONS
+    for part in schema.ONNX_FILES:
+        for precision in schema.PRECISIONS:
+            name = schema.onnx_file(part, precision)
+            assert runtime.variant_file(part, precision) == name and runtime.file_precision(name) == precision
+
+
+def test_precision_picks_the_variant_files(runs, images, tmp_path):
+    bundle = _bundle_with_int8(runs, tmp_path)
+    fp32 = _runtime(bundle)
+    int8 = Runtime(bundle, precision="int8", providers=["CPUExecutionProvider"], intra_op_threads=1)
+    assert fp32.precision == "fp32" and set(fp32.sessions) == {"encoder", "decoder"}
+    assert int8.precision == "int8" and set(int8.sessions) == {"encoder"}
+    assert int8.describe()["files"] == {"encoder": "encoder.int8.onnx"}
+    np.testing.assert_allclose(int8.encode(images), fp32.encode(images), atol=1e-6)
+    with pytest.raises(BundleError, match=r"has no fp16 files \(encoder.fp16.onnx, decoder.fp16.onnx, "
+                                          r"autoencoder.fp16.onnx\); it has fp32 \(encoder.onnx, decoder.onnx\), "
+                                          r"int8 \(encoder.int8.onnx\): pass precision= one of those\.$"):
+        Runtime(bundle, precision="fp16")
+    with pytest.raises(BundleError, match=r"has no decoder .decoder.onnx., which decode needs"):
+        int8.decode(np.zeros((1, 4), np.float32))
+    # A lone file's name says its precision.
+    assert Runtime(bundle / "encoder.int8.onnx").precision == "int8"
+    with pytest.raises(BundleError, match=r"encoder.int8.onnx is the int8 variant \(by its name\), not fp32"):
+        Runtime(bundle / "encoder.int8.onnx", precision="fp32")
+    with pytest.raises(BundleError, match=r"Unknown precision 'bf16'; choose one of fp32, fp16, int8"):
+        Runtime(bundle, precision="bf16")
+
+
+def test_cli_precision(runs, images, tmp_path, capsys):
+    bundle = _bundle_with_int8(runs, tmp_path / "bundle")
+    np.save(tmp_path / "x.npy", images)
+    assert runtime.main(["encode", str(bundle), str(tmp_path / "x.npy"), "--out", str(tmp_path / "z.npy"),
+                         "--precision", "int8", "--device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), _runtime(bundle).encode(images), atol=1e-6)
+    assert runtime.main(["info", str(bundle), "--precision", "int8"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["precision"] == "int8" and info["device"] == "cpu" and info["files"] == {"encoder": "encoder.int8.onnx"}
+    assert runtime.main(["encode", str(bundle), str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy"),
+                         "--precision", "fp16"]) == 2
+    assert "has no fp16 files" in capsys.readouterr().err
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="this onnxruntime has the CUDA provider")
+def test_cuda_without_the_cuda_provider_is_one_clear_line(runs):
+    with pytest.raises(runtime.DeviceError) as info:
+        Runtime(runs["dae"] / "export", device="cuda")
+    message = str(info.value)
+    assert "CUDAExecutionProvider" in message and "pip install onnxruntime-gpu" in message and "\n" not in message
+    assert runtime.main(["info", str(runs["dae"] / "export")]) == 0  # the CPU is the default
+
+
+def test_device_and_cuda_graph_arguments_are_checked(runs):
+    export_dir = runs["dae"] / "export"
+    with pytest.raises(InferenceError, match=r"device must be one of 'cpu', 'cuda'; got 'gpu'"):
+        Runtime(export_dir, device="gpu")
+    with pytest.raises(InferenceError, match=r"cuda_graph_batch needs device='cuda'.*got device='cpu'"):
+        Runtime(export_dir, cuda_graph_batch=8)
+    assert runtime.providers_for("cpu") == ["CPUExecutionProvider"]
+    assert runtime.providers_for("cuda") == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert runtime.providers_for("cuda", cuda_graph=True)[0] == (
+        "CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": "1"})
+    given = [("CUDAExecutionProvider", {"device_id": "1"})]
+    assert runtime.providers_for("cuda", given, cuda_graph=True) == [
+        ("CUDAExecutionProvider", {"device_id": "1", "enable_cuda_graph": "1"})]
+    assert given == [("CUDAExecutionProvider", {"device_id": "1"})]  # not changed in place
+    with pytest.raises(InferenceError, match="needs the CUDAExecutionProvider among the providers"):
+        runtime.providers_for("cuda", ["CPUExecutionProvider"], cuda_graph=True)
+
+
+def test_iobinding_gives_what_a_plain_run_gives_on_cpu(runs, images):
+    for family in runs:
+        bound = _runtime(runs[family] / "export")
+        plain = Runtime(runs[family] / "export", providers=["CPUExecutionProvider"], intra_op_threads=1,
+                        io_binding=False)
+        assert bound.io_binding and not plain.io_binding
+        z = bound.encode(images, batch_size=4)
+        np.testing.assert_array_equal(z, plain.encode(images, batch_size=4))
+        np.testing.assert_array_equal(bound.decode(z), plain.decode(z))
+        np.testing.assert_array_equal(bound.reconstruct(images), plain.reconstruct(images))
+        if bound.variational:
+            for got, want in zip(bound.encode_distribution(images), plain.encode_distribution(images)):
+                np.testing.assert_array_equal(got, want)
+
+
+class _LibcHost(runtime.PinnedHost):
+    """PinnedHost over malloc/free: the same ownership logic, without a CUDA runtime."""
+
+    def __init__(self):
+        import ctypes
+
+        self._libc = ctypes.CDLL(None)
+        self._libc.malloc.restype = ctypes.c_void_p
+        self._libc.malloc.argtypes = [ctypes.c_size_t]
+        self._libc.free.argtypes = [ctypes.c_void_p]
+        self.live = set()
+
+    def _alloc(self, nbytes):
+        ptr = self._libc.malloc(nbytes)
+        self.live.add(ptr)
+        return ptr
+
+    def _free(self, ptr):
+        self.live.remove(ptr)
+        self._libc.free(ptr)
+
+
+def test_pinned_host_memory_lives_as_long_as_its_views():
+    import gc
+
+    host = _LibcHost()
+    a = host.empty((3, 4))
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    a[...] = 1.5
+    view = a[1:]
+    del a
+    gc.collect()
+    assert len(host.live) == 1 and float(view.sum()) == 12.0
+    del view
+    gc.collect()
+    assert not host.live
+
+
+def test_without_a_gpu_pinned_memory_is_not_loaded():
+    if "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    # No CUDA runtime library, or one (a CUDA toolkit) that finds no GPU to pin memory for.
+    assert runtime.PinnedHost.load() is None
+    assert "libcudart" in runtime.PinnedHost.load_error
+
+
+class _FakeCudaSession:
+    """A CPU session that says it runs on CUDA, counting its IOBinding runs."""
+
+    made = []
+
+    def __init__(self, path, sess_options=None, providers=None):
+        import onnxruntime as ort
+
+        self._session = _REAL_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        self.asked = providers
+        self.bound_runs = []
+        _FakeCudaSession.made.append(self)
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def run_with_iobinding(self, binding, run_options=None):
+        self.bound_runs.append(binding)
+        return self._session.run_with_iobinding(binding, run_options)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+_REAL_SESSION = __import__("onnxruntime").InferenceSession
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """onnxruntime 'has' CUDA: sessions are CPU sessions that report the CUDA provider, and the device's
+    OrtValues live on the CPU, so the CUDA code paths run here."""
+    ort = runtime.ort
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"] + available)
+    monkeypatch.setattr(ort, "InferenceSession", _FakeCudaSession)
+    monkeypatch.setitem(runtime.ORT_DEVICE, "cuda", "cpu")
+    _FakeCudaSession.made = []
+    return _FakeCudaSession
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_cuda_path_with_faked_providers_gives_the_cpu_results(runs, images, fake_cuda, monkeypatch, pinned):
+    host = _LibcHost()
+    monkeypatch.setattr(runtime.PinnedHost, "load", classmethod(lambda cls: host if pinned else None))
+    monkeypatch.setattr(runtime.PinnedHost, "load_error", "no CUDA runtime library (test)", raising=False)
+    export_dir = runs["conv_vae"] / "export"
+    cpu = Runtime(export_dir, providers=["CPUExecutionProvider"])
+    fake_cuda.made = []
+    rt = Runtime(export_dir, device="cuda")
+    assert rt.device == "cuda" and rt.pinned_memory is pinned and not rt.graphs
+    assert fake_cuda.made[0].asked == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert rt.describe()["host_memory"] == ("page-locked (cudaHostAlloc)" if pinned else
+                                            "pageable: no CUDA runtime library (test)")
+    np.testing.assert_allclose(rt.encode(images, batch_size=4), cpu.encode(images), atol=1e-6)
+    np.testing.assert_allclose(rt.reconstruct(images), cpu.reconstruct(images), atol=1e-6)
+    assert bool(host.live) is pinned  # the staging buffers
+
+
+def test_cuda_graph_mode_binds_once_and_pads_to_the_fixed_batch(runs, fake_cuda, monkeypatch):
+    monkeypatch.setattr(runtime.PinnedHost, "load", classmethod(lambda cls: None))
+    rng = np.random.default_rng(3)
+    for family in runs:
+        export_dir = runs[family] / "export"
+        cpu = Runtime(export_dir, providers=["CPUExecutionProvider"])
+        fake_cuda.made = []
+        rt = Runtime(export_dir, device="cuda", cuda_graph_batch=4)
+        assert all(s.asked[0] == ("CUDAExecutionProvider", {"device_id": "0", "enable_cuda_graph": "1"})
+                   for s in fake_cuda.made)
+        assert set(rt.graphs) == set(rt.sessions) == {"encoder", "decoder", "autoencoder"}
+        encoder = rt.graphs["encoder"]
+        session = next(s for s in fake_cuda.made if s._session is encoder.session._session)
+        input_ptr, output_ptrs = encoder.input.data_ptr(), [o.data_ptr() for o in encoder.outputs]
+        warmup = len(session.bound_runs)
+        for n in (4, 1, 6, 9):  # the batch, smaller (padded), larger (cut, then padded), several pieces
+            x = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
+            np.testing.assert_allclose(rt.encode(x, batch_size=2), cpu.encode(x), atol=1e-6)
+            np.testing.assert_allclose(rt.reconstruct(x), cpu.reconstruct(x), atol=1e-6)
+            z = cpu.encode(x)
+            np.testing.assert_allclose(rt.decode(z), cpu.decode(z), atol=1e-6)
+            if rt.variational:
+                for got, want in zip(rt.encode_distribution(x), cpu.encode_distribution(x)):
+                    np.testing.assert_allclose(got, want, atol=1e-6)
+        # Every run replays the one binding on the same buffers: what a captured CUDA graph needs.
+        pieces = sum(-(-n // 4) for n in (4, 1, 6, 9)) * (2 if rt.variational else 1)
+        assert len(session.bound_runs) == warmup + pieces
+        assert all(b is encoder.binding for b in session.bound_runs)
+        assert encoder.input.data_ptr() == input_ptr and [o.data_ptr() for o in encoder.outputs] == output_ptrs
+        assert not encoder.staging[1:].any()  # the last piece (9 = 4 + 4 + 1) was padded with zeros
+        assert rt.describe()["cuda_graph_batch"] == 4
+    with pytest.raises(InferenceError, match="cuda_graph_batch must be a positive integer; got 0"):
+        Runtime(runs["dae"] / "export", device="cuda", cuda_graph_batch=0)
