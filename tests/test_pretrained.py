@@ -62,7 +62,7 @@ def test_fetch_uses_the_bundled_release_with_no_setting_and_no_network(tmp_path)
     rt = runtime.Runtime(paths["dir"], providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(0, 1, (3, 28, 28, 1)).astype(np.float32)
     assert rt.reconstruct(x).shape == x.shape
-    assert set(weights.list_presets()) == set(BUNDLED)
+    assert set(weights.list_released()) == set(BUNDLED)
 
 
 def test_runtime_from_preset_encodes_without_tensorflow_objects():

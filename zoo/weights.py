@@ -241,7 +241,7 @@ def _is_valid(path, entry):
     return path.is_file() and path.stat().st_size == entry["size"] and _sha256(path) == entry["sha256"]
 
 
-def list_presets(source=None, cache_dir=None, verbose=False):
+def list_released(source=None, cache_dir=None, verbose=False):
     """{preset: summary} from the release's index.json (written by export.release)."""
     source = _source(source)
     if source is None:
@@ -535,8 +535,14 @@ def main(argv=None):
 
     def body():
         if args.command == "list":
-            for name, info in sorted(list_presets(args.source, args.cache_dir).items()):
-                print("{}  {} on {}".format(name, info.get("model"), info.get("dataset")))
+            released = list_released(args.source, args.cache_dir)
+            width = max((len(n) for n in released), default=0)
+            for name, info in sorted(released.items()):
+                error = (info.get("metrics") or {}).get("sq_error_per_image")
+                extra = [] if info.get("size") is None else ["{:.1f} MB".format(info["size"] / 1e6)]
+                extra += [] if error is None else ["test sq. error {:.2f}".format(error)]
+                print("{}  {} on {}{}".format(name.ljust(width), info.get("model"), info.get("dataset"),
+                                            "  ({})".format(", ".join(extra)) if extra else ""))
             return 0
         paths = fetch(args.preset, format=args.format, source=args.source, cache_dir=args.cache_dir,
                       refresh=args.refresh, verbose=not args.quiet)
