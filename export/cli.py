@@ -5,6 +5,8 @@ import os
 import sys
 
 from export.layout import DEFAULT_OPSET, FORMATS
+
+LAYOUTS = ("nhwc", "nchw")  # export.optimize.LAYOUTS, here without importing onnx
 from zoo import _startup
 from zoo.cli import make_parser
 from zoo.errors import run_cli
@@ -15,10 +17,14 @@ def export_parser():
                                    "model (a failed check writes nothing).", [
                              "runs/dae_mnist                      # -> runs/dae_mnist/export/",
                              "dae_mnist                           # the same: a preset name means runs/<preset>/",
-                             "runs/conv_vae_mnist --formats onnx --opset 17 --out /tmp/conv_vae_onnx"])
+                             "runs/conv_vae_mnist --formats onnx --opset 17 --out /tmp/conv_vae_onnx",
+                             "runs/conv_ae_fashion_mnist --layout nchw --out /tmp/conv_ae_nchw"])
     parser.add_argument("run_dir", help="a run dir written by zoo.train, or a preset name (= runs/<preset>/)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: savedmodel,onnx (default both)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--layout", default=LAYOUTS[0],
+                        help="nhwc or nchw: image layout of the ONNX files' inputs and outputs (default %(default)s; nchw has no "
+                             "Transpose at the input; the SavedModel stays nhwc)")
     parser.add_argument("--out", help="output folder (default RUN_DIR/export/; replaced only if empty or an export)")
     parser.add_argument("--data-dir", help="IDX folder with the test images for the parity check "
                                            "(default: where the run's data came from)")
@@ -36,7 +42,7 @@ def export_main(argv=None):
         from export import exporter
 
         exporter.export_run(args.run_dir, formats=args.formats, opset=args.opset, out=args.out,
-                            data_dir=args.data_dir, verbose=0 if args.quiet else 1)
+                            data_dir=args.data_dir, verbose=0 if args.quiet else 1, layout=args.layout)
         return 0
 
     return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")

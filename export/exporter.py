@@ -16,7 +16,7 @@ import tensorflow as tf
 import tf2onnx
 
 import zoo  # registers every family, so load_model finds the classes in model.keras
-from export import runtime
+from export import optimize, runtime
 from zoo.fileio import atomic_dir
 from zoo import data as zoo_data
 from zoo import fileio
@@ -173,46 +173,10 @@ def _finish_graph(proto, input_name, outputs):
         dim.dim_param = "batch"
 
 
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-def _symmetric_conv_transpose(graph):
-    """Rewrite ConvTranspose nodes with asymmetric pads as an unpadded ConvTranspose and a Slice.
-
-    Keras' stride-2 'same' transposed convolutions become ConvTranspose with pads [0, 0, 1, 1];
-    onnxruntime's CUDA provider cannot run those and silently moves them to the CPU, with copies
-    around them (the conv decoders ran at ~1% of the GPU's speed). Cropping after an unpadded
-    ConvTranspose computes the same numbers; the parity check confirms it.
-    """
-    nodes = []
-    for node in graph.node:
-        attrs = {a.name: a for a in node.attribute}
-        pads = attrs.get("pads")
-        if node.op_type != "ConvTranspose" or pads is None or "output_shape" in attrs:
-            nodes.append(node)
-            continue
-        half = len(pads.ints) // 2
-        begins, ends = list(pads.ints[:half]), list(pads.ints[half:])
-        if begins == ends:
-            nodes.append(node)
-            continue
-        del pads.ints[:]
-        pads.ints.extend([0] * (2 * half))
-        cropped, node.output[0] = node.output[0], node.output[0] + "__uncropped"
-        prefix = node.name + "__crop"
-        graph.initializer.extend([
-            onnx.numpy_helper.from_array(np.array(begins, np.int64), prefix + "_starts"),
-            onnx.numpy_helper.from_array(np.array([-e if e else _INT64_MAX for e in ends], np.int64), prefix + "_ends"),
-            onnx.numpy_helper.from_array(np.arange(2, 2 + half, dtype=np.int64), prefix + "_axes"),
-        ])
-        nodes += [node, onnx.helper.make_node("Slice", [node.output[0], prefix + "_starts", prefix + "_ends",
-                                                        prefix + "_axes"], [cropped], name=prefix)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-
-def to_onnx(model, endpoint, opset, metadata):
-    """One endpoint as an ONNX ModelProto with named inputs/outputs, dynamic batch and aezoo metadata."""
+def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT):
+    """One endpoint as a lean ONNX ModelProto (export.optimize) with named inputs/outputs, dynamic batch and
+    aezoo metadata. layout="nchw" takes and gives images as NCHW; the metadata then says so (aezoo.layout,
+    aezoo.input_shape as (C, H, W))."""
     fn, spec = endpoints(model)[endpoint]
     function = tf.function(fn, input_signature=[spec])
     try:
@@ -223,14 +187,25 @@ def to_onnx(model, endpoint, opset, metadata):
         raise ExportError("tf2onnx could not convert the {} of {} at opset {}: {}: {}".format(
             ROLES[endpoint], model.registry_name, opset, type(exc).__name__, exc)) from None
     _finish_graph(proto, spec.name, output_names(model, endpoint))
-    _symmetric_conv_transpose(proto.graph)
+    try:
+        proto = optimize.lean(proto, layout=layout)
+    except optimize.OptimizeError as exc:
+        raise ExportError("Cannot make the {} of {} lean: {}".format(ROLES[endpoint], model.registry_name, exc)) from None
     role = ROLES[endpoint]
     values = dict(metadata, role=role, inputs=[spec.name], outputs=list(output_names(model, endpoint)))
-    onnx.helper.set_model_props(proto, runtime.encode_metadata(values))
+    if layout == "nchw":
+        height, width, channels = values["input_shape"]
+        values["input_shape"] = [channels, height, width]
+        values["normalization"] = values["normalization"].replace("NHWC", "NCHW")
+    props = runtime.encode_metadata(values)
+    # Not one of the runtime's own keys (it reads every aezoo.* key back as text).
+    props[runtime.META_PREFIX + "layout"] = layout
+    onnx.helper.set_model_props(proto, props)
     proto.graph.name = "{}_{}".format(values.get("preset") or model.registry_name, role)
+    shape = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     proto.doc_string = "aezoo {} {} ({}). Input {!r}: {}, shape {}.{}".format(
-        values.get("preset"), role, values.get("family"), spec.name, values["normalization"],
-        ["batch", *spec.shape[1:]], " " + runtime.SAMPLING_DOC if values.get("variational") else "")
+        values.get("preset"), role, values.get("family"), spec.name, values["normalization"], shape,
+        " " + runtime.SAMPLING_DOC if values.get("variational") else "")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -302,8 +277,19 @@ def _keras_outputs(model, endpoint, x):
     return {k: keras.ops.convert_to_numpy(v) for k, v in fn(tf.constant(x)).items()}
 
 
-def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE):
-    """Max abs differences between Keras and each exported file, per output and batch size."""
+def to_layout(images, layout):
+    """NHWC images as the ONNX files of `layout` take them."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if layout == "nchw" else images
+
+
+def from_layout(images, layout):
+    """Images an ONNX file of `layout` gave, as NHWC."""
+    return images.transpose(0, 2, 3, 1) if layout == "nchw" else images
+
+
+def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE, layout=optimize.DEFAULT_LAYOUT):
+    """Max abs differences between Keras and each exported file, per output and batch size. ONNX files of
+    layout "nchw" get the images transposed, and their images are transposed back before comparing."""
     model = run.model
     batches = _batches(images)
     code_name = encoder_output_names(model)[0]
@@ -325,9 +311,11 @@ def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE):
             input_name = "latent" if endpoint == "decode" else "image"
             got = {}
             if endpoint in sessions:
-                values = sessions[endpoint].run(None, {input_name: feed})
+                values = sessions[endpoint].run(None, {input_name: feed if endpoint == "decode"
+                                                       else to_layout(feed, layout)})
                 names = [o.name for o in sessions[endpoint].get_outputs()]
-                got["onnx", ENDPOINT_FILES[endpoint]] = dict(zip(names, values))
+                got["onnx", ENDPOINT_FILES[endpoint]] = {
+                    name: from_layout(value, layout) if value.ndim == 4 else value for name, value in zip(names, values)}
             if loaded is not None:
                 result = loaded.signatures[endpoint](**{input_name: tf.constant(feed)})
                 got["savedmodel", endpoint] = {k: v.numpy() for k, v in result.items()}
@@ -377,16 +365,20 @@ class ExportResult:
 
 
 def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_dir=None, images=None,
-               tolerance=TOLERANCE, verbose=1):
+               tolerance=TOLERANCE, verbose=1, layout=optimize.DEFAULT_LAYOUT):
     """Export a run dir (or preset name) and check parity; returns an ExportResult.
 
     Everything is written to a temporary folder and moved to `out` (default RUN_DIR/export/) only
     when the parity check passes; a failed check raises ParityError and leaves `out` as it was.
     `images` (float32 NHWC in [0, 1]) replaces the dataset's test images in the parity check.
+    `layout` "nchw" makes the ONNX files take and give NCHW images (the SavedModel stays NHWC).
     """
     formats = parse_formats(formats)
     opset = int(opset)
     _check_opset(opset)
+    if layout not in optimize.LAYOUTS:
+        raise ExportError("Unknown layout {!r}; choose {} (default {}).".format(
+            layout, " or ".join(optimize.LAYOUTS), optimize.DEFAULT_LAYOUT))
     run = load_run(run_dir)
     default_out = run.dir / "export"
     out = Path(out) if out is not None else default_out
@@ -408,12 +400,12 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
             print(message, flush=True)
 
     try:
-        return _export(run, formats, opset, out, images, inputs, tolerance, say)
+        return _export(run, formats, opset, out, images, inputs, tolerance, say, layout)
     except OSError as exc:
         raise ExportError("Cannot write the export to {}: {}".format(out, exc)) from None
 
 
-def _export(run, formats, opset, out, images, inputs, tolerance, say):
+def _export(run, formats, opset, out, images, inputs, tolerance, say, layout):
     meta = metadata(run, opset)
     with atomic_dir(out, EXPORT_KIND, EXPORT_FILES) as tmp:
         files = {}
@@ -423,12 +415,12 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say):
         if "onnx" in formats:
             for endpoint, name in ENDPOINT_FILES.items():
                 say("ONNX {} (opset {}) -> {}".format(ROLES[endpoint], opset, out / name))
-                proto = to_onnx(run.model, endpoint, opset, meta)
+                proto = to_onnx(run.model, endpoint, opset, meta, layout=layout)
                 with fileio.atomic_path(tmp / name) as path:
                     onnx.save_model(proto, str(path))
                 files[name] = tmp / name
-        parity = check_parity(run, tmp, images, formats, tolerance)
-        parity["inputs"] = dict(inputs, num_images=int(min(len(images), max(PARITY_BATCH_SIZES))))
+        parity = check_parity(run, tmp, images, formats, tolerance, layout=layout)
+        parity["inputs"] = dict(inputs, num_images=int(min(len(images), max(PARITY_BATCH_SIZES))), layout=layout)
         parity["preset"] = run.preset
         parity["formats"] = list(formats)
         parity["opset"] = opset if "onnx" in formats else None

@@ -39,7 +39,8 @@ sha256_file = fileio.sha256_file
 
 
 def _export_is_current(run_dir, export_dir, opset):
-    """Whether RUN_DIR/export holds a passed export of this model.keras at this opset with its ONNX files."""
+    """Whether RUN_DIR/export holds a passed export of this model.keras at this opset with its ONNX files, lean
+    and NHWC (parity.json records the layout since graphs are lean: an older export is made again)."""
     needed = [export_dir / schema.ONNX_FILES[p] for p in PARTS]
     if not (export_dir / schema.PARITY).is_file() or not all(p.exists() for p in needed):
         return False
@@ -48,6 +49,7 @@ def _export_is_current(run_dir, export_dir, opset):
     except schema.SchemaError:
         return False
     return (parity.passed is True and "onnx" in parity.formats and parity.opset == opset
+            and parity.inputs.get("layout") == "nhwc"
             and (export_dir / schema.PARITY).stat().st_mtime >= (run_dir / schema.MODEL).stat().st_mtime)
 
 

@@ -288,3 +288,125 @@ def test_parity_images_that_do_not_fit_the_model(exports, tmp_path):
                                                    r"1\); got \(4, 32, 32, 3\)"):
         exporter.export_run(run, out=tmp_path / "x", images=np.zeros((4, 32, 32, 3), np.float32), verbose=0)
     assert not (tmp_path / "x").exists()
+
+
+# --- lean graphs (export.optimize) ---------------------------------------------------------------------
+
+
+def _image_consumers(model):
+    return [n.op_type for n in model.graph.node if "image" in n.input]
+
+
+@pytest.mark.parametrize("family", ["conv_ae", "deep_ae"])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_lean_graphs_have_static_shapes_and_few_transposes(family, layout, exports, tmp_path):
+    from export import optimize
+
+    run, default = exports(family)
+    result = default if layout == "nhwc" else exporter.export_run(run, formats="onnx", layout=layout,
+                                                                   out=tmp_path / "x", verbose=0)
+    assert result.parity["passed"] and max(result.parity["max_abs_diff"].values()) <= 1e-4
+    assert result.parity["inputs"]["layout"] == layout
+    for role in ("encoder", "decoder", "autoencoder"):
+        model = onnx.load(str(result.out / (role + ".onnx")))
+        onnx.checker.check_model(model, full_check=True)
+        ops = optimize.op_counts(model)
+        assert not {"Shape", "Gather", "Concat", "Cast"} & set(ops), (role, ops)
+        assert ops.get("Transpose", 0) <= 2, (role, ops)
+        # Every tensor's shape is known but for the batch axis.
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+        for value in list(inferred.value_info) + list(inferred.output):
+            dims = _dims(value)
+            assert dims[0] == "batch" or isinstance(dims[0], int) and len(dims) == 1, (role, value.name, dims)
+            assert all(isinstance(d, int) and d > 0 for d in dims[1:]), (role, value.name, dims)
+        meta = runtime.decode_metadata({p.key: p.value for p in model.metadata_props})
+        assert meta["layout"] == layout
+        images = [v for v in list(model.graph.input) + list(model.graph.output) if len(_dims(v)) == 4]
+        for value in images:
+            assert _dims(value) == (["batch", 28, 28, 1] if layout == "nhwc" else ["batch", 1, 28, 28])
+        if layout == "nchw":
+            assert meta["input_shape"] == [1, 28, 28] and meta["normalization"].endswith("NCHW")
+            if "image" in [i.name for i in model.graph.input]:
+                # Nothing between the caller's NCHW images and the first layer.
+                assert _image_consumers(model) == (["Conv"] if family == "conv_ae" else ["Reshape"])
+            assert optimize.layout_transposes(model)["output"] == 0
+        else:
+            assert meta["input_shape"] == [28, 28, 1] and meta["normalization"] == "float32 in [0, 1], NHWC"
+            assert sum(optimize.layout_transposes(model).values()) <= 2
+
+
+def test_nchw_export_runs_on_nchw_images(exports, tmp_path):
+    import onnxruntime as ort
+
+    run, _ = exports("conv_ae")
+    out = exporter.export_run(run, formats="onnx", layout="nchw", out=tmp_path / "x", verbose=0).out
+    model = _load_keras(run)
+    x = np.random.default_rng(3).uniform(0, 1, (5, 28, 28, 1)).astype("float32")
+    session = ort.InferenceSession(str(out / "autoencoder.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.transpose(0, 3, 1, 2).copy()})[0]
+    assert got.shape == (5, 1, 28, 28)
+    np.testing.assert_allclose(got.transpose(0, 2, 3, 1), model.reconstruct(x), atol=1e-4)
+
+
+def test_unknown_layout_is_one_clear_line(exports, capsys):
+    run, _ = exports("ae")
+    assert exporter.main([str(run), "--layout", "nwhc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown layout 'nwhc'; choose nhwc or nchw") and "Traceback" not in err
+
+
+def test_subpixel_form_of_conv_transpose_is_exact(exports):
+    """The optional sub-pixel rewrite (slower on the CPU, so not the default) computes the same numbers."""
+    import onnxruntime as ort
+
+    from export import optimize
+
+    run, result = exports("conv_ae")
+    model = onnx.load(str(result.out / "decoder.onnx"))
+    # Back to the asymmetric ConvTranspose tf2onnx writes, then the sub-pixel form of it.
+    crops = [n for n in model.graph.node if n.op_type == "Slice" and n.input[0].endswith("__uncropped")]
+    for node in crops:
+        producer = next(n for n in model.graph.node if n.output[0] == node.input[0])
+        producer.output[0] = node.output[0]
+        next(a for a in producer.attribute if a.name == "pads").ints[:] = [0, 0, 1, 1]
+        model.graph.node.remove(node)
+    del model.graph.value_info[:]
+    optimize.prune(model.graph)
+    assert optimize.subpixel_conv_transpose(model.graph) == 2
+    optimize.prune(model.graph)
+    ops = optimize.op_counts(model)
+    assert "ConvTranspose" not in ops and ops["DepthToSpace"] == 2
+    z = np.random.default_rng(0).normal(size=(7, 4)).astype("float32")
+    want = ort.InferenceSession(str(result.out / "decoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"latent": z})[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"latent": z})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_every_node_runs_on_the_cuda_provider(exports, tmp_path):
+    """onnxruntime's profiler records the provider each node ran on: none may fall back to the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (needs onnxruntime-gpu and a GPU)")
+    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from pip's nvidia-* packages
+        ort.preload_dlls()
+    for family in ("conv_ae", "deep_ae"):
+        out = exports(family)[1].out
+        for role in ("encoder", "decoder", "autoencoder"):
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(tmp_path / "{}_{}".format(family, role))
+            session = ort.InferenceSession(str(out / (role + ".onnx")), options,
+                                           providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            assert session.get_providers()[0] == "CUDAExecutionProvider", session.get_providers()
+            feed = (np.zeros((8, 4), np.float32) if role == "decoder"
+                    else np.zeros((8, 28, 28, 1), np.float32))
+            session.run(None, {session.get_inputs()[0].name: feed})
+            events = json.loads(Path(session.end_profiling()).read_text())
+            placed = {e["args"]["op_name"] + " " + e["name"]: e["args"].get("provider")
+                      for e in events if e.get("cat") == "Node" and "provider" in e.get("args", {})}
+            assert placed, "the profile recorded no nodes"
+            elsewhere = {node: provider for node, provider in placed.items() if provider != "CUDAExecutionProvider"}
+            assert not elsewhere, (family, role, elsewhere)
