@@ -1,10 +1,11 @@
-"""TensorFlow's side of the throughput benchmark: the exported SavedModel's endpoints, timed like onnxruntime.
+"""TensorFlow's side of the CPU throughput benchmark, timed like onnxruntime: the exported SavedModel's endpoint
+(float32), or the Keras model rebuilt from the run or bundle, in float32 or under Keras' mixed_bfloat16 policy
+(bfloat16 matrix work through oneDNN, which uses AVX-512 BF16 or AMX where the CPU has them).
 
-benchmarks.throughput starts this as a worker process (`python -m benchmarks.tf_baseline --threads N --device
-cpu`) and asks it for one point at a time, right after timing onnxruntime on the same point, so that both see
-the same machine load. Its own process, so that TensorFlow's thread pools are sized before TensorFlow starts
-and the onnxruntime process never loads TensorFlow. Protocol: one JSON request per line on stdin, one JSON
-reply per line on stdout; everything else goes to stderr.
+benchmarks.measure starts this as a worker process (`python -m benchmarks.tf_baseline --threads N --device cpu`,
+KERAS_BACKEND=tensorflow) and asks it for one point at a time, right after timing onnxruntime on the same point,
+so that both see the same machine load; its own process, so that TensorFlow's thread pools are sized before
+TensorFlow starts and the onnxruntime process never loads TensorFlow. Protocol: benchmarks.workers.
 """
 
 import argparse
@@ -12,7 +13,10 @@ import json
 import os
 import sys
 
-from benchmarks.throughput import latency_stats, make_input, time_calls
+from benchmarks import workers
+from benchmarks.timing import latency_stats, make_input, time_calls
+
+PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16"}  # precision -> Keras dtype policy
 
 
 class Baseline:
@@ -33,18 +37,35 @@ class Baseline:
     def info(self):
         tf = self.tf
         return {"tensorflow": tf.__version__, "device": self.device,
+                "keras_backend": os.environ.get("KERAS_BACKEND"),
                 "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                 "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                 "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-                "call": "the SavedModel endpoint (tf.function) on a tensor already on the device"}
+                "call": "the SavedModel endpoint (tf.function) on a tensor already on the device; where there is no "
+                        "SavedModel, or for bf16, the Keras model's part in a tf.function",
+                "bf16": "Keras mixed_bfloat16 policy (bfloat16 compute, float32 variables), outputs cast to float32"}
 
-    def measure(self, request):
+    def _function(self, request):
         tf = self.tf
-        path = request["savedmodel"]
-        if path not in self.loaded:
-            self.loaded[path] = tf.saved_model.load(path)
-        module = self.loaded[path]
-        endpoint = getattr(module, request["endpoint"], None) or module.signatures[request["endpoint"]]
+        if request.get("savedmodel") and request.get("precision", "fp32") == "fp32":
+            path = request["savedmodel"]
+            if path not in self.loaded:
+                self.loaded[path] = tf.saved_model.load(path)
+            module = self.loaded[path]
+            return getattr(module, request["endpoint"], None) or module.signatures[request["endpoint"]], "savedmodel"
+        from benchmarks import keras_parts
+
+        precision = request.get("precision", "fp32")
+        key = (json.dumps(request["keras"], sort_keys=True), request["part"], precision)
+        if key not in self.loaded:
+            model = keras_parts.load_model(request["keras"], PRECISIONS[precision])
+            part = keras_parts.part_function(model, request["part"])
+            self.loaded[key] = tf.function(lambda x: [tf.cast(o, tf.float32) for o in part(x)])
+        return self.loaded[key], "keras"
+
+    def handle(self, request):
+        tf = self.tf
+        function, source = self._function(request)
         batch_size = int(request["batch_size"])
         x = make_input(request["input"], request["item_shape"], batch_size, request["seed"])
         with tf.device(self.device):
@@ -52,37 +73,13 @@ class Baseline:
         sync = self.sync
 
         def call():
-            outputs = endpoint(tensor)
+            outputs = function(tensor)
             if sync is not None:
                 sync()
             return outputs
 
         times = time_calls(call, request["repeats"], request["max_seconds"], request["warmup_seconds"])
-        return latency_stats(times, batch_size)
-
-
-def serve(threads, device):
-    """Answer requests from stdin until it closes; replies go to the real stdout, all else to stderr."""
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    sys.stdout = sys.stderr  # a stray print (TensorFlow's, say) must not corrupt the replies
-    try:
-        baseline = Baseline(threads, device)
-        replies.write(json.dumps({"ok": True, "info": baseline.info()}) + "\n")
-    except Exception as exc:
-        replies.write(json.dumps({"ok": False, "error": "{}: {}".format(type(exc).__name__, exc)}) + "\n")
-        replies.flush()
-        return 1
-    replies.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply = {"ok": True, "stats": baseline.measure(json.loads(line))}
-        except Exception as exc:
-            reply = {"ok": False, "error": "{}: {}".format(type(exc).__name__, exc)}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
-    return 0
+        return dict(latency_stats(times, batch_size), source=source)
 
 
 def main(argv=None):
@@ -91,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
-    return serve(args.threads, args.device)
+    return workers.serve(lambda: Baseline(args.threads, args.device))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 from export import runtime
 from export.runtime import BundleError, InferenceError, InputError, Runtime
+from tests import fake_cuda as fake_cuda_module
 from tests.helpers import export_tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,32 +363,10 @@ def test_iobinding_gives_what_a_plain_run_gives_on_cpu(runs, images):
                 np.testing.assert_array_equal(got, want)
 
 
-class _LibcHost(runtime.PinnedHost):
-    """PinnedHost over malloc/free: the same ownership logic, without a CUDA runtime."""
-
-    def __init__(self):
-        import ctypes
-
-        self._libc = ctypes.CDLL(None)
-        self._libc.malloc.restype = ctypes.c_void_p
-        self._libc.malloc.argtypes = [ctypes.c_size_t]
-        self._libc.free.argtypes = [ctypes.c_void_p]
-        self.live = set()
-
-    def _alloc(self, nbytes):
-        ptr = self._libc.malloc(nbytes)
-        self.live.add(ptr)
-        return ptr
-
-    def _free(self, ptr):
-        self.live.remove(ptr)
-        self._libc.free(ptr)
-
-
 def test_pinned_host_memory_lives_as_long_as_its_views():
     import gc
 
-    host = _LibcHost()
+    host = fake_cuda_module.LibcHost()
     a = host.empty((3, 4))
     assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
     a[...] = 1.5
@@ -408,51 +387,15 @@ def test_without_a_gpu_pinned_memory_is_not_loaded():
     assert "libcudart" in runtime.PinnedHost.load_error
 
 
-class _FakeCudaSession:
-    """A CPU session that says it runs on CUDA, counting its IOBinding runs."""
-
-    made = []
-
-    def __init__(self, path, sess_options=None, providers=None):
-        import onnxruntime as ort
-
-        self._session = _REAL_SESSION(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-        self.asked = providers
-        self.bound_runs = []
-        _FakeCudaSession.made.append(self)
-
-    def get_providers(self):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-    def run_with_iobinding(self, binding, run_options=None):
-        self.bound_runs.append(binding)
-        return self._session.run_with_iobinding(binding, run_options)
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
-
-
-_REAL_SESSION = __import__("onnxruntime").InferenceSession
-
-
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """onnxruntime 'has' CUDA: sessions are CPU sessions that report the CUDA provider, and the device's
-    OrtValues live on the CPU, so the CUDA code paths run here."""
-    ort = runtime.ort
-    available = ort.get_available_providers()
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"] + available)
-    monkeypatch.setattr(ort, "InferenceSession", _FakeCudaSession)
-    monkeypatch.setitem(runtime.ORT_DEVICE, "cuda", "cpu")
-    _FakeCudaSession.made = []
-    return _FakeCudaSession
+    return fake_cuda_module.install(monkeypatch)
 
 
 @pytest.mark.parametrize("pinned", [False, True])
 def test_cuda_path_with_faked_providers_gives_the_cpu_results(runs, images, fake_cuda, monkeypatch, pinned):
-    host = _LibcHost()
+    host = fake_cuda_module.LibcHost()
     monkeypatch.setattr(runtime.PinnedHost, "load", classmethod(lambda cls: host if pinned else None))
-    monkeypatch.setattr(runtime.PinnedHost, "load_error", "no CUDA runtime library (test)", raising=False)
     export_dir = runs["conv_vae"] / "export"
     cpu = Runtime(export_dir, providers=["CPUExecutionProvider"])
     fake_cuda.made = []
@@ -466,8 +409,7 @@ def test_cuda_path_with_faked_providers_gives_the_cpu_results(runs, images, fake
     assert bool(host.live) is pinned  # the staging buffers
 
 
-def test_cuda_graph_mode_binds_once_and_pads_to_the_fixed_batch(runs, fake_cuda, monkeypatch):
-    monkeypatch.setattr(runtime.PinnedHost, "load", classmethod(lambda cls: None))
+def test_cuda_graph_mode_binds_once_and_pads_to_the_fixed_batch(runs, fake_cuda):
     rng = np.random.default_rng(3)
     for family in runs:
         export_dir = runs[family] / "export"

@@ -118,39 +118,80 @@ def test_flops_of_exported_dense_model(export_dir):
 # --- the end-to-end run ---------------------------------------------------------------------------
 
 
+CPU_ONLY = ("pinned_", "graph_", "jax_", "ort_jax", "ort_graph_jax")  # columns a CPU run leaves empty
+
+
+def _with_int8_encoder(export_dir, tmp_path):
+    """A copy of the run holding the export, with a stand-in int8 encoder (a copy of encoder.onnx) and no int8
+    decoder: int8 rows must appear for the encoder only."""
+    import shutil
+
+    run = tmp_path / "runs" / "tiny_deep_ae"
+    shutil.copytree(export_dir.parent, run)
+    shutil.copy(run / "export" / "encoder.onnx", run / "export" / schema.onnx_file("encoder", "int8"))
+    return run / "export"
+
+
 def test_benchmark_writes_every_field(export_dir, tmp_path):
+    export = _with_int8_encoder(export_dir, tmp_path)
     out = tmp_path / "results"
-    assert throughput.main([str(export_dir), "--out", str(out), "--threads", "1"] + FAST) == 0
+    assert throughput.main([str(export), "--out", str(out), "--threads", "1", "--precision", "fp32,int8",
+                            "--tf-bf16"] + FAST) == 0
     result = json.loads((out / "throughput.json").read_text())
     assert result["schema"] == throughput.SCHEMA and result["device"] == "cpu"
     machine = result["machine"]
     assert machine["cpu_model"] and machine["usable_cpus"] >= 1
-    assert {"python", "numpy", "onnx", "onnxruntime", "tensorflow"} <= set(machine["versions"])
+    assert {"python", "numpy", "onnx", "onnxruntime", "tensorflow", "jax"} <= set(machine["versions"])
     assert result["peak"]["gflops_per_s"] > 0 and {r["when"] for r in result["peak"]["runs"]} == {"start", "end"}
-    assert result["tensorflow"]["intra_op_threads"] == 1
+    assert result["tensorflow"]["intra_op_threads"] == 1 and result["jax"] is None
+    assert result["settings"]["precisions"] == ["fp32", "int8"] and result["settings"]["tf_bf16_baseline"]
     rows = result["rows"]
-    assert {(r["part"], r["batch_size"]) for r in rows} == {
-        (p, b) for p in ("encoder", "decoder", "autoencoder") for b in (1, 4)}
+    assert [(r["part"], r["batch_size"], r["precision"]) for r in rows] == [
+        (p, b, q) for p in ("encoder", "decoder", "autoencoder") for b in (1, 4)
+        for q in (("fp32", "int8") if p == "encoder" else ("fp32",))]  # fp32 first: cards read a point's first row
+    assert [(s["part"], s["precision"]) for s in result["skipped"]] == [("decoder", "int8"), ("autoencoder", "int8")]
+    assert "decoder.int8.onnx" in result["skipped"][0]["reason"]
     expected_flops = {"encoder": ENCODER_FLOPS, "decoder": DECODER_FLOPS, "autoencoder": ENCODER_FLOPS + DECODER_FLOPS}
     for row in rows:
         assert row["model"] == "tiny_deep_ae" and row["provider"] == "CPUExecutionProvider" and row["threads"] == 1
-        assert row["runs"] == 3 and row["tf_runs"] == 3
+        assert row["runs"] == 3 and row["tf_runs"] == 3 and row["tf_source"] == "savedmodel"
         assert row["flops_per_image"] == expected_flops[row["part"]]
         for key in throughput.CSV_COLUMNS:
-            assert row.get(key) is not None, key
+            if not key.startswith(CPU_ONLY):
+                assert row.get(key) is not None, key
+        assert not [k for k in row if k.startswith(CPU_ONLY)]
         assert row["latency_us_p50"] <= row["latency_us_p90"] <= row["latency_us_p99"]
         assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["latency_us_p50"] * 1e6)
         assert row["gflops_per_s"] == pytest.approx(row["flops_per_image"] * row["images_per_s"] / 1e9)
         assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / result["peak"]["gflops_per_s"])
         assert row["ort_tf_ratio"] == pytest.approx(row["images_per_s"] / row["tf_images_per_s"])
+        assert row["ort_tf_bf16_ratio"] == pytest.approx(row["images_per_s"] / row["tf_bf16_images_per_s"])
+    # An int8 row is compared with the TensorFlow fp32 figure of its own point.
+    int8 = [r for r in rows if r["precision"] == "int8"]
+    for row in int8:
+        fp32 = next(r for r in rows if r["precision"] == "fp32" and r["part"] == row["part"]
+                    and r["batch_size"] == row["batch_size"])
+        assert row["tf_images_per_s"] == fp32["tf_images_per_s"]
     assert set(result["targets"]) == {"ort_at_least_tf_everywhere", "deep_ae_fraction_of_peak",
-                                      "dense_batch1_encoder_latency"}
+                                      "dense_batch1_encoder_latency", "int8_over_tf_fp32",
+                                      "fp32_at_least_tf_at_most_points"}
+    assert result["targets"]["int8_over_tf_fp32"]["met"] is None  # no int8 point at batch >= 64 here
     with open(out / "throughput.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and tuple(table[0]) == throughput.CSV_COLUMNS
-    assert "| encoder | 4 |" in (out / "throughput.md").read_text()
+    markdown = (out / "throughput.md").read_text()
+    assert "| encoder | int8 | 4 |" in markdown and "TF bf16 images/s" in markdown and "mixed_bfloat16" in markdown
+    assert "Not measured: tiny_deep_ae decoder int8 (no decoder.int8.onnx" in markdown
+    assert "## Targets" in markdown and "[not measured] int8 onnxruntime >= 2x TensorFlow fp32" in markdown
     assert (out / "throughput_tiny_deep_ae.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
+
+
+def test_precision_option_is_checked(export_dir, tmp_path, capsys):
+    assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]
+                           + FAST) == 2
+    assert "Unknown precision(s) bf16; choose from fp32, fp16, int8" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_iobinding_matches_a_plain_run_on_cpu(export_dir):
@@ -205,14 +246,222 @@ def test_cuda_without_the_cuda_provider_is_a_clear_error(export_dir, tmp_path, c
 
 def test_a_cpu_session_that_is_not_what_was_asked_is_refused(monkeypatch):
     # onnxruntime silently falls back to the CPU when CUDA libraries are missing: make_session must notice.
-    monkeypatch.setattr(throughput, "providers_for", lambda device: ["CPUExecutionProvider"])
+    from benchmarks import sessions
+
+    monkeypatch.setattr(sessions, "providers_for", lambda device, cuda_graph=False: ["CPUExecutionProvider"])
     with pytest.raises(throughput.DeviceUnavailableError, match="did not activate CUDAExecutionProvider"):
         throughput.make_session(throughput.matmul_model(4), "cuda", threads=1)
 
 
 def test_the_onnxruntime_path_imports_no_tensorflow():
     # The light part of zoo (zoo.schema's file names and atomic writes) is welcome; models and Keras are not.
-    code = ("import sys, benchmarks.throughput, benchmarks.flops; "
+    code = ("import sys, benchmarks.throughput, benchmarks.flops, benchmarks.measure, benchmarks.report, "
+            "benchmarks.targets, benchmarks.jax_baseline, benchmarks.tf_baseline, benchmarks.keras_parts; "
             "bad = [m for m in ('tensorflow', 'keras', 'zoo.models', 'zoo.registry', 'tf2onnx') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the Keras-on-JAX baseline and the GPU table, on the CPU ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv_vae_export(tmp_path_factory):
+    """A tiny trained and exported conv_vae run: convolutions and a two-output encoder."""
+    from tests.helpers import export_tiny_run
+
+    return export_tiny_run(tmp_path_factory.mktemp("jax"), "conv_vae") / "export"
+
+
+def test_jax_baseline_worker_matches_onnxruntime_on_cpu(conv_vae_export, tmp_path):
+    """On a folder laid out as gpu_benchmark.sh --prepare lays it: ONNX files, config.json, model.weights.h5."""
+    import shutil
+
+    from benchmarks import discovery, keras_parts, measure
+
+    assert discovery.resolve_model(conv_vae_export).keras_source == {
+        "kind": "run", "path": str(conv_vae_export.parent.resolve())}
+    prepared = tmp_path / "conv_vae_mnist"
+    prepared.mkdir()
+    for name in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(conv_vae_export / name, prepared / name)
+    shutil.copy(conv_vae_export.parent / schema.CONFIG, prepared / schema.CONFIG)
+    assert keras_parts.main(["weights", str(conv_vae_export.parent), str(prepared)]) == 0
+    model = discovery.resolve_model(prepared, parts=("encoder", "decoder"))
+    assert model.keras_source == {"kind": "run", "path": str(prepared.resolve())}
+    result = throughput.run_benchmark([model], parts=("encoder", "decoder"), batch_sizes=(1, 5), threads=1,
+                                      repeats=3, max_seconds=0.05, warmup_seconds=0, peak_sizes=(64,), quiet=True,
+                                      tf_baseline=False, jax_baseline=True)
+    assert result["jax"]["backend"] == "cpu" and result["jax"]["keras_backend"] == "jax"
+    assert not result["jax"]["tensorflow_imported"]
+    for part in ("encoder", "decoder"):
+        parity = result["models"][0]["parts_info"][part]["fp32"]["jax_parity"]
+        assert parity["batch_size"] == 1 and parity["max_abs_diff"] < 1e-4, (part, parity)
+    for row in result["rows"]:
+        assert row["jax_runs"] == 3 and row["jax_images_per_s"] > 0 and row["jax_copy_images_per_s"] > 0
+        assert row["ort_jax_ratio"] == pytest.approx(row["images_per_s"] / row["jax_images_per_s"])
+    # Both outputs of the VAE encoder, at a batch that is not the parity check's, straight from the worker.
+    jax = measure.JAXBaseline("cpu", quiet=True)
+    try:
+        got = jax.outputs(model, "encoder", 7, seed=3)
+    finally:
+        jax.close()
+    session = ort.InferenceSession(str(model.parts["encoder"]), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"image": throughput.make_input("image", (28, 28, 1), 7, seed=3)})
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def test_the_whole_gpu_table_with_faked_cuda(export_dir, tmp_path, monkeypatch):
+    """--device cuda end to end, with CPU sessions that report the CUDA provider and Keras on JAX on the CPU: every
+    column of the GPU table is filled, and the GPU targets are evaluated."""
+    import shutil
+
+    from benchmarks import measure
+    from tests import fake_cuda
+
+    run = tmp_path / "tiny_deep_ae"
+    shutil.copytree(export_dir.parent, run)
+    for part in ("encoder", "decoder"):
+        shutil.copy(run / "export" / schema.onnx_file(part), run / "export" / schema.onnx_file(part, "fp16"))
+    host = fake_cuda.LibcHost()
+    fake_cuda.install(monkeypatch, host)
+    monkeypatch.setitem(measure.JAX_BACKENDS, "cuda", ("cpu",))
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # the fixture's export loaded it in this process
+    out = tmp_path / "results"
+    assert throughput.main([str(run / "export"), "--device", "cuda", "--parts", "encoder,decoder",
+                            "--precision", "fp32,fp16", "--batch-sizes", "1,64", "--out", str(out), "--threads", "1",
+                            "--repeats", "3", "--max-seconds", "0.02", "--warmup-seconds", "0", "--peak-sizes", "64",
+                            "--quiet"]) == 0
+    result = json.loads((out / "throughput_cuda.json").read_text())
+    assert result["device"] == "cuda" and result["tensorflow"] is None and result["jax"]["backend"] == "cpu"
+    settings = result["settings"]
+    assert settings["cuda_graphs"] and settings["jax_baseline"] and not settings["tf_baseline"]
+    assert settings["host_memory"] == "page-locked (cudaHostAlloc)"
+    assert [(r["part"], r["batch_size"], r["precision"]) for r in result["rows"]] == [
+        (p, b, q) for p in ("encoder", "decoder") for b in (1, 64) for q in ("fp32", "fp16")]
+    for row in result["rows"]:
+        assert row["provider"] == "CUDAExecutionProvider" and "graph_error" not in row
+        for key in ("images_per_s", "copy_images_per_s", "pinned_images_per_s", "graph_images_per_s",
+                    "graph_copy_images_per_s", "graph_fraction_of_peak", "jax_images_per_s",
+                    "jax_copy_images_per_s", "ort_jax_ratio", "ort_graph_jax_ratio", "ort_jax_ratio_copy"):
+            assert row.get(key), key
+        assert not [k for k in row if k.startswith("tf_")]
+    # Sessions with CUDA graphs asked for them; the others did not.
+    asked = [s.asked[0] for s in fake_cuda.FakeCudaSession.made if not isinstance(s.asked[0], str)]
+    assert {"enable_cuda_graph": "1", "device_id": "0"} in [o for _, o in asked]
+    assert {"device_id": "0"} in [o for _, o in asked]
+    assert set(result["targets"]) == {"ort_at_least_jax", "conv_decoder_fraction_of_peak",
+                                      "batch1_encoder_latency_cuda_graphs", "copy_inclusive_batch4096"}
+    assert result["targets"]["ort_at_least_jax"]["met"] in (True, False)
+    assert len(result["targets"]["ort_at_least_jax"]["points"]) == 2  # encoder, decoder at batch 64 (fp32)
+    assert result["targets"]["copy_inclusive_batch4096"]["met"] is None  # no batch 4096 here
+    markdown = (out / "throughput_cuda.md").read_text()
+    for heading in ("graph p50 us", "pinned images/s", "graph+copy images/s", "JAX images/s", "ORT/JAX"):
+        assert heading in markdown
+    assert "Keras on JAX vs onnxruntime fp32, max abs difference: encoder" in markdown
+    assert "host memory for the copies: page-locked" in markdown
+    assert (out / "throughput_cuda_tiny_deep_ae.png").is_file()
+
+
+# --- the targets -------------------------------------------------------------------------------------------------
+
+
+def _row(model, part, batch, precision="fp32", **values):
+    row = {"model": model, "family": model, "part": part, "batch_size": batch, "precision": precision,
+           "images_per_s": 1.0, "latency_us_p50": 10.0, "flops_per_image": 1e6, "peak_gflops_per_s": 100.0,
+           "fraction_of_peak": 0.5}
+    row.update(values)
+    return row
+
+
+def _models(conv=("conv_ae",), dense=("deep_ae",)):
+    by_op = {m: {"Conv": 1, "ConvTranspose": 1} for m in conv}
+    by_op.update({m: {"MatMul": 1} for m in dense})
+    return [{"name": m, "flops": {p: {"flops": 1, "by_op": ops} for p in ("encoder", "decoder")}}
+            for m, ops in by_op.items()]
+
+
+def test_cpu_targets_on_synthetic_results():
+    from benchmarks import targets
+
+    rows = []
+    for i in range(180):  # 9 of 180 fp32 points slower than TensorFlow: 171 >= 170
+        rows.append(_row("deep_ae", "encoder", i, ort_tf_ratio=0.9 if i < 9 else 1.5))
+    rows += [_row("deep_ae", "encoder", 64, "int8", ort_tf_ratio=2.5), _row("deep_ae", "decoder", 64, "int8",
+                                                                              ort_tf_ratio=1.8),
+             _row("deep_ae", "decoder", 8, "int8", ort_tf_ratio=1.1)]  # below batch 64: not a target point
+    checked = targets.evaluate({"device": "cpu", "rows": rows, "models": _models()})
+    assert checked["fp32_at_least_tf_at_most_points"]["met"] is True
+    assert checked["fp32_at_least_tf_at_most_points"]["at_least_tf"] == 171
+    assert checked["ort_at_least_tf_everywhere"]["met"] is False
+    int8 = checked["int8_over_tf_fp32"]
+    assert int8["met"] is False and [p["value"] for p in int8["points"]] == [2.5, 1.8]
+    lines = targets.report_lines(checked)
+    assert any(line.startswith("- [MISSED] int8 onnxruntime >= 2x TensorFlow fp32 at batch >= 64") and
+               "worst 1.80x (deep_ae decoder int8 b64)" in line for line in lines)
+    assert any("[met] fp32 onnxruntime >= TensorFlow at >= 170 of 180 points" in line and
+               "171 of 180 points, 170 needed" in line for line in lines)
+    # 11 slower points of 180 miss it; with fewer points the need scales down.
+    rows = [_row("deep_ae", "encoder", i, ort_tf_ratio=0.9 if i < 11 else 1.5) for i in range(180)]
+    assert targets.evaluate({"device": "cpu", "rows": rows})["fp32_at_least_tf_at_most_points"]["met"] is False
+    rows = [_row("deep_ae", "encoder", i, ort_tf_ratio=0.9 if i < 1 else 1.5) for i in range(18)]
+    assert targets.evaluate({"device": "cpu", "rows": rows})["fp32_at_least_tf_at_most_points"]["needed"] == 17
+    empty = targets.evaluate({"device": "cpu", "rows": []})
+    assert all(t["met"] is None for t in empty.values())
+    assert all("[not measured]" in line for line in targets.report_lines(empty))
+
+
+def test_gpu_targets_on_synthetic_results(tmp_path, capsys):
+    from benchmarks import targets
+
+    rows = [
+        # onnxruntime >= JAX: the encoder by its CUDA graph, the decoder not at all; batch 8 is not a target point.
+        _row("deep_ae", "encoder", 64, images_per_s=90.0, graph_images_per_s=120.0, jax_images_per_s=100.0),
+        _row("deep_ae", "decoder", 64, images_per_s=90.0, jax_images_per_s=100.0),
+        _row("deep_ae", "decoder", 8, images_per_s=1.0, jax_images_per_s=100.0),
+        _row("conv_ae", "encoder", 1024, images_per_s=5.0),  # no JAX figure: not measured
+        # Conv decoder at batch 1024: 30% in fp32, 40% with fp16 (best precision counts).
+        _row("conv_ae", "decoder", 1024, images_per_s=30e3, flops_per_image=1e6, peak_gflops_per_s=100.0),
+        _row("conv_ae", "decoder", 1024, "fp16", images_per_s=40e3, flops_per_image=1e6, peak_gflops_per_s=100.0),
+        # Batch-1 encoder latency with graphs: the best precision of each model.
+        _row("deep_ae", "encoder", 1, graph_latency_us_p50=35.0),
+        _row("deep_ae", "encoder", 1, "fp16", graph_latency_us_p50=38.0),
+        _row("conv_ae", "encoder", 1, graph_latency_us_p50=55.0),
+        # Copy-inclusive at 4096, dense models only: the best way counts.
+        _row("deep_ae", "encoder", 4096, copy_images_per_s=3e6, pinned_images_per_s=7e6),
+        _row("deep_ae", "decoder", 4096, copy_images_per_s=3e6, graph_copy_images_per_s=6.5e6),
+        _row("conv_ae", "decoder", 4096, copy_images_per_s=1e6),
+    ]
+    result = {"device": "cuda", "rows": rows, "models": _models(), "machine": {"gpus": [{"name": "H200"}]}}
+    checked = targets.evaluate(result)
+    jax = checked["ort_at_least_jax"]
+    assert jax["met"] is False
+    assert [(p["model"], p["part"], p["value"], p["onnxruntime"]) for p in jax["points"]][:3] == [
+        ("deep_ae", "encoder", 1.2, "cuda graph"), ("deep_ae", "decoder", 0.9, "iobinding"),
+        ("conv_ae", "encoder", None, "iobinding")]
+    assert len(jax["points"]) == 7 and len(jax["not_measured"]) == 5  # every fp32 point at batch >= 64
+    conv = checked["conv_decoder_fraction_of_peak"]
+    assert conv["met"] is True and [(p["precision"], p["value"]) for p in conv["points"]] == [("fp16", 0.4)]
+    graph = checked["batch1_encoder_latency_cuda_graphs"]
+    assert graph["met"] is False and sorted((p["model"], p["value"]) for p in graph["points"]) == [
+        ("conv_ae", 55.0), ("deep_ae", 35.0)]
+    copy = checked["copy_inclusive_batch4096"]
+    assert copy["met"] is True and copy["target_images_per_s"] == 6e6
+    assert sorted((p["part"], p["way"], p["value"]) for p in copy["points"]) == [
+        ("decoder", "graph_copy", 6.5e6), ("encoder", "pinned", 7e6)]
+    lines = targets.report_lines(checked)
+    assert any("[MISSED] fp32 onnxruntime (IOBinding or CUDA graph, the faster) >= Keras on JAX" in line
+               and "worst 0.90x (deep_ae decoder fp32 b64); 5 points not measured" in line for line in lines)
+    assert any("[MISSED] batch-1 encoder p50 latency <= 40 us" in line and "worst 55.0 us" in line for line in lines)
+    assert any("[met] copy-inclusive throughput" in line and "worst 6,500,000 images/s" in line for line in lines)
+    # The command line reads result files.
+    path = tmp_path / "throughput_cuda.json"
+    path.write_text(json.dumps(result))
+    from benchmarks import targets as module
+
+    assert module.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("{} (cuda, H200):".format(path)) and "[met] conv decoders >= 35%" in out
+    assert module.main([str(tmp_path / "missing.json")]) == 2
