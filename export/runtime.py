@@ -30,7 +30,7 @@ ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 # metadata_props written by export.exporter; the JSON ones hold lists, dicts or numbers.
 META_PREFIX = "aezoo."
 META_KEYS = ("format_version", "preset", "family", "role", "dataset", "latent_dim", "input_shape", "normalization",
-             "variational", "inputs", "outputs", "metrics", "versions", "sampling", "precision")
+             "variational", "inputs", "outputs", "metrics", "versions", "sampling", "precision", "layout")
 JSON_KEYS = {"format_version", "latent_dim", "input_shape", "variational", "inputs", "outputs", "metrics", "versions"}
 REQUIRED_KEYS = ("role", "latent_dim", "input_shape", "inputs", "outputs")
 
@@ -406,6 +406,7 @@ class Runtime:
         self.family = first.get("family")
         self.variational = bool(first.get("variational", False))
         self.normalization = first.get("normalization", NORMALIZATION)
+        self.layout = first.get("layout", "nhwc")  # nchw exports say so; input_shape is then (C, H, W)
         self.metrics = first.get("metrics")
         self.versions = first.get("versions")
         host = None
@@ -605,7 +606,8 @@ class Runtime:
         return {
             "path": str(self.path), "files": {r: str(self._file_of(r).name) for r in self.sessions},
             "preset": self.preset, "family": self.family, "input_shape": list(self.image_shape),
-            "latent_dim": self.latent_dim, "normalization": self.normalization, "variational": self.variational,
+            "latent_dim": self.latent_dim, "normalization": self.normalization, "layout": self.layout,
+            "variational": self.variational,
             "metrics": self.metrics, "device": self.device, "precision": self.precision,
             "providers": next(iter(self.sessions.values())).get_providers(),
             "cuda_graph_batch": self.cuda_graph_batch, "host_memory": self.pinned_memory_note,

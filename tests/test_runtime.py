@@ -114,6 +114,7 @@ def test_metadata_gives_shapes_and_normalization(runs):
     assert set(rt.sessions) == {"encoder", "decoder", "autoencoder"}
     info = rt.describe()
     assert info["providers"] == ["CPUExecutionProvider"] and info["input_shape"] == [28, 28, 1]
+    assert rt.layout == info["layout"] == "nhwc" and info["device"] == "cpu" and info["precision"] == "fp32"
 
 
 @pytest.mark.parametrize("bad, message", [
