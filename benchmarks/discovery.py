@@ -20,7 +20,8 @@ class ExportedModel:
     """A folder of ONNX parts (an export dir or a release bundle) and what its ONNX metadata says.
 
     `keras_source` is how a Keras model of the same weights is built, or None: {"kind": "run", "path": RUN_DIR}
-    (config.json + model.keras or model.weights.h5) or {"kind": "bundle", "path": BUNDLE_DIR} (manifest.json + keras_weights.json)."""
+    (config.json + model.keras or model.weights.h5) or {"kind": "bundle", "path": BUNDLE_DIR} (manifest.json +
+    keras_weights.json)."""
 
     def __init__(self, directory, parts=tuple(PARTS)):
         self.dir = Path(directory)

@@ -9,7 +9,6 @@ import importlib.util
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from benchmarks import machine, targets
 from benchmarks.discovery import PARTS, PRECISIONS, RUNS_DIR, ExportedModel, resolve_model
 from benchmarks.errors import BenchmarkError, ModelNotFoundError
 from benchmarks.flops import count_flops
-from benchmarks.sessions import (DEVICES, PROVIDERS, BoundRun, PinnedCopyRun, check_device, make_session,
+from benchmarks.sessions import (PROVIDERS, BoundRun, PinnedCopyRun, check_device, make_session,
                                  node_placement, provider_names)
 from benchmarks.timing import (DEFAULT_MAX_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP_SECONDS, DESCRIPTION, MIN_RUNS,
                                latency_stats, make_input, prefixed, time_calls)

@@ -73,10 +73,12 @@ def _legend(result):
     baselines = []
     if result.get("tensorflow"):
         baselines.append("TensorFlow {} ({} threads, oneDNN {})".format(
-            result["tensorflow"]["tensorflow"], result["tensorflow"]["intra_op_threads"], result["tensorflow"]["onednn"]))
+            result["tensorflow"]["tensorflow"], result["tensorflow"]["intra_op_threads"],
+            result["tensorflow"]["onednn"]))
     if result.get("jax"):
         baselines.append("Keras {} on JAX {} ({} backend: {})".format(
-            result["jax"]["keras"], result["jax"]["jax"], result["jax"]["backend"], ", ".join(result["jax"]["devices"])))
+            result["jax"]["keras"], result["jax"]["jax"], result["jax"]["backend"],
+            ", ".join(result["jax"]["devices"])))
     if baselines:
         lines.append("- baselines: " + "; ".join(baselines))
     return lines

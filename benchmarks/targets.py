@@ -80,10 +80,12 @@ def cpu_targets(result):
     needed = math.ceil(len(ratios) * TF_POINTS[0] / TF_POINTS[1]) if ratios else None
     return {
         "ort_at_least_tf_everywhere": {
-            "issue": 5, "device": "cpu", "unit": "x", "description": "fp32 onnxruntime at least as fast as TensorFlow everywhere",
+            "issue": 5, "device": "cpu", "unit": "x",
+            "description": "fp32 onnxruntime at least as fast as TensorFlow everywhere",
             "met": (not slower) if ratios else None, "points": len(ratios), "slower_points": slower},
         "deep_ae_fraction_of_peak": {
-            "issue": 5, "device": "cpu", "unit": "fraction", "target": TARGET_FRACTION_OF_PEAK, "min_batch_size": TARGET_FRACTION_MIN_BATCH,
+            "issue": 5, "device": "cpu", "unit": "fraction", "target": TARGET_FRACTION_OF_PEAK,
+            "min_batch_size": TARGET_FRACTION_MIN_BATCH,
             "description": "deep_ae encoder/decoder at batch >= {} reach {:.0%} of the MatMul peak".format(
                 TARGET_FRACTION_MIN_BATCH, TARGET_FRACTION_OF_PEAK),
             "met": _met(deep, lambda v: v >= TARGET_FRACTION_OF_PEAK), "points": deep},
@@ -143,7 +145,8 @@ def gpu_targets(result):
             "met": _met(jax, lambda v: v >= 1.0), "points": jax,
             "not_measured": [p for p in jax if p["value"] is None]},
         "conv_decoder_fraction_of_peak": {
-            "issue": 17, "device": "cuda", "unit": "fraction", "target": CONV_DECODER_FRACTION, "batch_size": CONV_DECODER_BATCH,
+            "issue": 17, "device": "cuda", "unit": "fraction", "target": CONV_DECODER_FRACTION,
+            "batch_size": CONV_DECODER_BATCH,
             "description": "conv decoders >= {:.0%} of the TF32 MatMul peak at batch {} (best precision, device-"
                            "resident)".format(CONV_DECODER_FRACTION, CONV_DECODER_BATCH),
             "met": _met(fraction, lambda v: v >= CONV_DECODER_FRACTION), "points": fraction},
@@ -154,8 +157,9 @@ def gpu_targets(result):
             "met": _met(graph, lambda v: v <= GRAPH_BATCH1_ENCODER_US), "points": graph},
         "copy_inclusive_batch4096": {
             "issue": 17, "device": "cuda", "unit": "images/s", "target_images_per_s": goal, "batch_size": COPY_BATCH,
-            "description": "copy-inclusive throughput of the dense encoders/decoders at batch {} >= {:.0f}x the {:.1f}M "
-                           "images/s before issue 17".format(COPY_BATCH, COPY_FACTOR, COPY_BEFORE_IMAGES_PER_S / 1e6),
+            "description": "copy-inclusive throughput of the dense encoders/decoders at batch {} >= {:.0f}x the "
+                           "{:.1f}M images/s before issue 17".format(COPY_BATCH, COPY_FACTOR,
+                                                                     COPY_BEFORE_IMAGES_PER_S / 1e6),
             "met": _met(copy, lambda v: v >= goal), "points": copy},
     }
 
