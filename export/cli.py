@@ -18,13 +18,18 @@ def export_parser():
                              "runs/dae_mnist                      # -> runs/dae_mnist/export/",
                              "dae_mnist                           # the same: a preset name means runs/<preset>/",
                              "runs/conv_vae_mnist --formats onnx --opset 17 --out /tmp/conv_vae_onnx",
+                             "runs/conv_ae_fashion_mnist --precision fp32,fp16,int8   # + encoder.int8.onnx, ...",
                              "runs/conv_ae_fashion_mnist --layout nchw --out /tmp/conv_ae_nchw"])
     parser.add_argument("run_dir", help="a run dir written by zoo.train, or a preset name (= runs/<preset>/)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: savedmodel,onnx (default both)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
     parser.add_argument("--layout", default=LAYOUTS[0],
-                        help="nhwc or nchw: image layout of the ONNX files' inputs and outputs (default %(default)s; nchw has no "
-                             "Transpose at the input; the SavedModel stays nhwc)")
+                        help="nhwc or nchw: image layout of the ONNX files' inputs and outputs (default "
+                             "%(default)s; nchw has no Transpose at the input; the SavedModel stays nhwc)")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated: fp32,fp16,int8 (default fp32). fp16 (GPUs) and int8 (CPUs) files are "
+                             "measured against fp32 on the test split and kept only within tolerance; parity.json "
+                             "says how each did")
     parser.add_argument("--out", help="output folder (default RUN_DIR/export/; replaced only if empty or an export)")
     parser.add_argument("--data-dir", help="IDX folder with the test images for the parity check "
                                            "(default: where the run's data came from)")
@@ -42,7 +47,8 @@ def export_main(argv=None):
         from export import exporter
 
         exporter.export_run(args.run_dir, formats=args.formats, opset=args.opset, out=args.out,
-                            data_dir=args.data_dir, verbose=0 if args.quiet else 1, layout=args.layout)
+                            data_dir=args.data_dir, verbose=0 if args.quiet else 1, layout=args.layout,
+                            precisions=args.precision)
         return 0
 
     return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")

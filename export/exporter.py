@@ -190,7 +190,8 @@ def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT):
     try:
         proto = optimize.lean(proto, layout=layout)
     except optimize.OptimizeError as exc:
-        raise ExportError("Cannot make the {} of {} lean: {}".format(ROLES[endpoint], model.registry_name, exc)) from None
+        raise ExportError("Cannot make the {} of {} lean: {}".format(
+            ROLES[endpoint], model.registry_name, exc)) from None
     role = ROLES[endpoint]
     values = dict(metadata, role=role, inputs=[spec.name], outputs=list(output_names(model, endpoint)))
     if layout == "nchw":
@@ -277,16 +278,6 @@ def _keras_outputs(model, endpoint, x):
     return {k: keras.ops.convert_to_numpy(v) for k, v in fn(tf.constant(x)).items()}
 
 
-def to_layout(images, layout):
-    """NHWC images as the ONNX files of `layout` take them."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if layout == "nchw" else images
-
-
-def from_layout(images, layout):
-    """Images an ONNX file of `layout` gave, as NHWC."""
-    return images.transpose(0, 2, 3, 1) if layout == "nchw" else images
-
-
 def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE, layout=optimize.DEFAULT_LAYOUT):
     """Max abs differences between Keras and each exported file, per output and batch size. ONNX files of
     layout "nchw" get the images transposed, and their images are transposed back before comparing."""
@@ -312,10 +303,11 @@ def check_parity(run, export_dir, images, formats, tolerance=TOLERANCE, layout=o
             got = {}
             if endpoint in sessions:
                 values = sessions[endpoint].run(None, {input_name: feed if endpoint == "decode"
-                                                       else to_layout(feed, layout)})
+                                                       else optimize.to_layout(feed, layout)})
                 names = [o.name for o in sessions[endpoint].get_outputs()]
                 got["onnx", ENDPOINT_FILES[endpoint]] = {
-                    name: from_layout(value, layout) if value.ndim == 4 else value for name, value in zip(names, values)}
+                    name: optimize.from_layout(value, layout) if value.ndim == 4 else value
+                    for name, value in zip(names, values)}
             if loaded is not None:
                 result = loaded.signatures[endpoint](**{input_name: tf.constant(feed)})
                 got["savedmodel", endpoint] = {k: v.numpy() for k, v in result.items()}
@@ -365,20 +357,30 @@ class ExportResult:
 
 
 def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_dir=None, images=None,
-               tolerance=TOLERANCE, verbose=1, layout=optimize.DEFAULT_LAYOUT):
+               tolerance=TOLERANCE, verbose=1, layout=optimize.DEFAULT_LAYOUT, precisions=("fp32",),
+               variant_tolerances=None):
     """Export a run dir (or preset name) and check parity; returns an ExportResult.
 
     Everything is written to a temporary folder and moved to `out` (default RUN_DIR/export/) only
     when the parity check passes; a failed check raises ParityError and leaves `out` as it was.
     `images` (float32 NHWC in [0, 1]) replaces the dataset's test images in the parity check.
     `layout` "nchw" makes the ONNX files take and give NCHW images (the SavedModel stays NHWC).
+    `precisions` beyond "fp32" add variants of the ONNX files (export.precision): each is measured against
+    float32 on the test split and kept only within its tolerance (`variant_tolerances` {precision: {...}}
+    overrides precision.TOLERANCES); parity.json's `variants` says how each did.
     """
+    from export import precision
+
     formats = parse_formats(formats)
     opset = int(opset)
     _check_opset(opset)
     if layout not in optimize.LAYOUTS:
         raise ExportError("Unknown layout {!r}; choose {} (default {}).".format(
             layout, " or ".join(optimize.LAYOUTS), optimize.DEFAULT_LAYOUT))
+    precisions = precision.parse_precisions(precisions)
+    if len(precisions) > 1 and "onnx" not in formats:
+        raise ExportError("Precision variants ({}) are ONNX files; add onnx to --formats.".format(
+            ", ".join(precisions[1:])))
     run = load_run(run_dir)
     default_out = run.dir / "export"
     out = Path(out) if out is not None else default_out
@@ -399,13 +401,16 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
         if verbose:
             print(message, flush=True)
 
+    options = {"layout": layout, "precisions": precisions, "variant_tolerances": variant_tolerances,
+               "data_dir": data_dir}
     try:
-        return _export(run, formats, opset, out, images, inputs, tolerance, say, layout)
+        return _export(run, formats, opset, out, images, inputs, tolerance, say, **options)
     except OSError as exc:
         raise ExportError("Cannot write the export to {}: {}".format(out, exc)) from None
 
 
-def _export(run, formats, opset, out, images, inputs, tolerance, say, layout):
+def _export(run, formats, opset, out, images, inputs, tolerance, say, layout, precisions, variant_tolerances,
+            data_dir):
     meta = metadata(run, opset)
     with atomic_dir(out, EXPORT_KIND, EXPORT_FILES) as tmp:
         files = {}
@@ -430,14 +435,32 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say, layout):
                 run.preset, tolerance, out, "\n".join(
                     "  {format} {file} {output} batch {batch_size}: max abs diff {max_abs_diff:.3g}".format(**c)
                     for c in failed)))
+        if len(precisions) > 1:
+            parity["variants"] = _variants(run, tmp, images, inputs, precisions, layout, variant_tolerances, data_dir,
+                                           say)
         schema.Parity(**parity).save(tmp)
     files = {name: out / Path(path).name for name, path in files.items()}
+    for report in parity.get("variants", {}).values():
+        files.update({name: out / name for name in report["files"].values()})
     files[PARITY_FILE] = out / PARITY_FILE
     say("Parity (max abs diff, batch sizes {}): {}".format(
         "/".join(str(b) for b in PARITY_BATCH_SIZES),
         ", ".join("{} {:.2g}".format(k, v) for k, v in parity["max_abs_diff"].items())))
     say("Exported {} to {}".format(run.preset, out))
     return ExportResult(out, files, parity)
+
+
+def _variants(run, export_dir, images, inputs, precisions, layout, tolerances, data_dir, say):
+    """parity.json's `variants`: the precision variants made, measured and kept or dropped (export.precision)."""
+    from export import precision
+
+    if data_dir is None:
+        data_dir = run.config.data_dir
+        if data_dir is not None and not Path(data_dir).is_dir():
+            data_dir = None
+    say("Precision variants {} (measured against fp32 on the test split)".format(", ".join(precisions[1:])))
+    data = precision.load_data(run.config.dataset, data_dir, images, "the parity images ({})".format(inputs["source"]))
+    return precision.make_variants(export_dir, precisions, data, layout, tolerances, say)
 
 
 from export.cli import export_main as main  # noqa: E402,F401  (the command line, light: see export.cli)

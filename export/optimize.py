@@ -56,7 +56,8 @@ def slim(proto):
     try:
         slimmed = onnxslim.slim(proto)
     except Exception as exc:  # onnxslim raises whatever its passes raise
-        raise OptimizeError("onnxslim {} failed: {}: {}".format(onnxslim.__version__, type(exc).__name__, exc)) from None
+        raise OptimizeError("onnxslim {} failed: {}: {}".format(
+            onnxslim.__version__, type(exc).__name__, exc)) from None
     if not isinstance(slimmed, onnx.ModelProto):
         raise OptimizeError("onnxslim {} returned no model.".format(onnxslim.__version__))
     slimmed.doc_string = doc
@@ -166,6 +167,25 @@ def prune(graph):
     kept = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def topological_sort(graph):
+    """Order the nodes so each comes after the producers of its inputs (the ONNX checker requires it; onnxruntime's
+    float16 converter appends its input Casts at the end), keeping the given order where it is free."""
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise OptimizeError("The graph has a cycle or reads undefined tensors: {}".format(
+                sorted({i for n in pending for i in n.input if i not in available})[:5]))
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        pending = [n for n in pending if n not in ready]
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def static_reshapes(proto):
@@ -332,6 +352,19 @@ def subpixel_conv_transpose(graph):
     if changed:
         prune(graph)
     return changed
+
+
+# --- feeding graphs of either layout -----------------------------------------------------------------
+
+
+def to_layout(images, layout):
+    """NHWC images as the ONNX files of `layout` take them."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if layout == "nchw" else images
+
+
+def from_layout(images, layout):
+    """Images an ONNX file of `layout` gave, as NHWC."""
+    return images.transpose(0, 2, 3, 1) if layout == "nchw" else images
 
 
 # --- what a lean graph looks like ----------------------------------------------------------------------

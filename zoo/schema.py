@@ -204,6 +204,8 @@ class Parity(_Record):
     opset: int = None
     reference: str = None
     onnxruntime: dict = dataclasses.field(default_factory=dict)
+    #: {precision: how its variant of the ONNX files compares with fp32, and whether its files were kept}
+    variants: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
 

@@ -1,0 +1,201 @@
+"""Precision variants of the exported ONNX files (export.precision): fp16 and int8 files measured against fp32,
+kept only within tolerance, recorded in parity.json."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from export import exporter, precision, runtime
+from tests.helpers import write_idx_dir, write_run_dir
+from zoo import fileio, schema
+
+LOOSE = {"fp16": {"sq_error_rel": 1.0, "precision_at_10": 1.0}, "int8": {"sq_error_rel": 1.0, "precision_at_10": 1.0}}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No test reads the user's tfds data or the network."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
+    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("precision")
+    write_idx_dir(base / "idx", n_train=128, n_test=64)
+    return base
+
+
+@pytest.fixture(scope="module")
+def runs(base):
+    done = {}
+
+    def get(family):
+        if family not in done:
+            done[family] = write_run_dir(base / family, family, base / "idx")
+        return done[family]
+
+    return get
+
+
+def _export(run, out, **kwargs):
+    return exporter.export_run(run, formats="onnx", out=out, verbose=0, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["conv_ae", "vae"])
+def test_variants_are_written_measured_and_self_describing(family, runs, tmp_path):
+    run = runs(family)
+    result = _export(run, tmp_path / "x", precisions="fp32,fp16,int8", variant_tolerances=LOOSE)
+    out = result.out
+    assert sorted(p.name for p in out.iterdir() if p.name != fileio.MARKER) == [
+        "autoencoder.onnx", "decoder.fp16.onnx", "decoder.int8.onnx", "decoder.onnx", "encoder.fp16.onnx",
+        "encoder.int8.onnx", "encoder.onnx", "parity.json"]
+    parity = schema.Parity.load(out)
+    assert parity.passed and sorted(parity.variants) == ["fp16", "int8"]
+    for name in ("fp16", "int8"):
+        report = parity.variants[name]
+        assert report["passed"] and report["kept"] and report["failures"] == []
+        assert report["files"] == {"encoder": "encoder.{}.onnx".format(name), "decoder": "decoder.{}.onnx".format(name)}
+        assert report["tolerance"] == LOOSE[name] and report["method"]
+        sq = report["sq_error_per_image"]
+        assert sq["fp32"] > 0 and sq["variant"] > 0
+        assert sq["relative_change"] == pytest.approx((sq["variant"] - sq["fp32"]) / sq["fp32"])
+        p10 = report["precision_at_10"]
+        assert 0 <= p10["fp32"] <= 1 and 0 <= p10["variant"] <= 1
+        assert p10["change"] == pytest.approx(p10["variant"] - p10["fp32"])
+        assert 0 <= report["codes"]["mean_abs_diff"] <= report["codes"]["max_abs_diff"]
+        assert 0 <= report["reconstruction"]["mean_abs_diff"] <= report["reconstruction"]["max_abs_diff"]
+        evaluation = report["evaluation"]
+        assert evaluation["provider"] == "CPUExecutionProvider" and evaluation["k"] == 10
+        assert evaluation["test"]["split"] == "test" and evaluation["test"]["num_images"] == 64
+        assert evaluation["database"]["split"] == "train" and evaluation["database"]["num_images"] == 128
+        for part in ("encoder", "decoder"):
+            model = onnx.load(str(out / schema.onnx_file(part, name)))
+            onnx.checker.check_model(model, full_check=True)
+            meta = runtime.decode_metadata({p.key: p.value for p in model.metadata_props})
+            assert meta["precision"] == name and meta["role"] == part and meta["preset"] == family + "_mnist"
+            # float32 in and out, whatever the precision inside.
+            for value in list(model.graph.input) + list(model.graph.output):
+                assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            ops = {n.op_type for n in model.graph.node}
+            assert ("QuantizeLinear" in ops) == (name == "int8")
+    calibration = parity.variants["int8"]["calibration"]
+    assert calibration["split"] == "train" and calibration["num_images"] == 128
+    assert calibration["source"].startswith("idx:")
+    assert "calibration" not in parity.variants["fp16"]
+    # The runtime picks the variant files by precision, and they reproduce the fp32 codes closely.
+    x = np.random.default_rng(0).uniform(0, 1, (6, 28, 28, 1)).astype("float32")
+    fp32 = runtime.Runtime(out, providers=["CPUExecutionProvider"]).encode(x)
+    for name, atol in (("fp16", 1e-2), ("int8", 0.5)):
+        rt = runtime.Runtime(out, precision=name, providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(rt.encode(x), fp32, atol=atol)
+        assert rt.decode(fp32).shape == (6, 28, 28, 1)
+
+
+def test_a_variant_outside_its_tolerance_is_not_kept(runs, tmp_path):
+    run = runs("deep_ae")
+    strict = {"int8": {"sq_error_rel": 0.0, "precision_at_10": 0.0}}
+    result = _export(run, tmp_path / "x", precisions=["int8"], variant_tolerances=strict)
+    assert result.parity["passed"]  # the fp32 export stands
+    assert sorted(p.name for p in result.out.iterdir() if p.name != fileio.MARKER) == [
+        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json"]
+    report = schema.Parity.load(result.out).variants["int8"]
+    assert not report["passed"] and not report["kept"] and report["files"] == {}
+    assert any(f.startswith("sq. error per image changed by") for f in report["failures"])
+    assert report["sq_error_per_image"]["variant"] > 0 and report["tolerance"] == strict["int8"]
+
+
+def test_fp32_export_is_unchanged_by_default_and_by_variants(runs, tmp_path):
+    run = runs("deep_ae")
+    plain = _export(run, tmp_path / "plain")
+    assert "variants" not in plain.parity and schema.Parity.load(plain.out).variants == {}
+    assert sorted(p.name for p in plain.out.iterdir() if p.name != fileio.MARKER) == [
+        "autoencoder.onnx", "decoder.onnx", "encoder.onnx", "parity.json"]
+    both = _export(run, tmp_path / "both", precisions="fp32,int8", variant_tolerances=LOOSE)
+    for name in ("encoder.onnx", "decoder.onnx", "autoencoder.onnx"):
+        # tf2onnx numbers its tensor names per process, so the same graph, not the same bytes.
+        assert _graph(plain.out / name) == _graph(both.out / name), name
+    assert plain.parity["max_abs_diff"] == both.parity["max_abs_diff"]
+
+
+def _graph(path):
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    values = {t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer}
+    return ([(n.op_type, [values.get(i) for i in n.input], str(n.attribute)) for n in model.graph.node],
+            {p.key: p.value for p in model.metadata_props})
+
+
+def test_without_the_dataset_variants_use_the_parity_images(runs, tmp_path):
+    run = runs("ae")
+    moved = tmp_path / "run"
+    moved.mkdir()
+    for name in ("model.keras", "metrics.json"):
+        (moved / name).write_bytes((run / name).read_bytes())
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = str(tmp_path / "gone")  # trained elsewhere, no data here
+    (moved / "config.json").write_text(json.dumps(config))
+    images = np.random.default_rng(1).uniform(0, 1, (20, 28, 28, 1)).astype("float32")
+    result = _export(moved, tmp_path / "x", images=images, precisions="int8", variant_tolerances=LOOSE)
+    report = result.parity["variants"]["int8"]
+    assert report["kept"]
+    assert report["calibration"]["split"] is None and "parity images" in report["calibration"]["source"]
+    assert "not found" in report["calibration"]["note"]
+    assert report["evaluation"]["test"]["num_images"] == 20 and report["evaluation"]["database"] is None
+    assert report["precision_at_10"] is None
+
+
+def test_nchw_variants(runs, tmp_path):
+    result = _export(runs("conv_ae"), tmp_path / "x", layout="nchw", precisions="int8", variant_tolerances=LOOSE)
+    assert result.parity["variants"]["int8"]["kept"]
+    model = onnx.load(str(result.out / "encoder.int8.onnx"))
+    assert [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 1, 28, 28]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp32,int4"], r"Unknown precision\(s\) int4; choose from fp32, fp16, int8"),
+    (["--precision", "int8", "--formats", "savedmodel"], "are ONNX files; add onnx to --formats"),
+])
+def test_precision_errors_are_one_clear_line(argv, message, runs, capsys):
+    import re
+
+    assert exporter.main([str(runs("ae"))] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err), err
+
+
+def test_parse_precisions_always_makes_fp32_first():
+    assert precision.parse_precisions("int8") == ("fp32", "int8")
+    assert precision.parse_precisions(" int8, fp32 ,fp16,int8") == ("fp32", "int8", "fp16")
+    assert precision.parse_precisions(None) == ("fp32",)
+
+
+def test_precision_at_k_counts_neighbours_with_the_query_label():
+    database = np.array([[0.0], [0.1], [0.2], [10.0], [10.1]], np.float32)
+    labels = np.array([0, 0, 1, 1, 1])
+    queries = np.array([[0.05], [10.05]], np.float32)
+    # Query 0's two nearest: 0.0 and 0.1 (label 0, 0); query 1's: 10.0 and 10.1 (label 1, 1).
+    assert precision.precision_at_k(queries, np.array([0, 1]), database, labels, k=2) == 1.0
+    assert precision.precision_at_k(queries, np.array([1, 0]), database, labels, k=2) == 0.0
+    assert precision.precision_at_k(queries[:1], np.array([0]), database, labels, k=3) == pytest.approx(2 / 3)
+
+
+def test_int8_keeps_the_layers_next_to_codes_and_pixels_float(runs, tmp_path):
+    """The layers that write or read the code and write the reconstruction compute in float32 from int8-stored
+    weights; the others run as QDQ int8."""
+    result = _export(runs("deep_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    for part in ("encoder", "decoder"):
+        model = onnx.load(str(result.out / schema.onnx_file(part, "int8")))
+        initializers = {t.name: t for t in model.graph.initializer}
+        floats = [t for t in initializers.values() if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
+                  and min(t.dims) > 1]  # a weight-only layer's per-channel scale is (1, channels)
+        assert not floats, [t.name for t in floats]  # every weight matrix is stored in 8 bits
+        int8 = [t for t in initializers.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert len(int8) == 3  # the tiny deep_ae's three dense layers
+        weight_only = [n for n in model.graph.node if n.op_type == "Cast"]
+        assert len(weight_only) == (1 if part == "encoder" else 2)
+
