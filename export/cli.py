@@ -60,7 +60,8 @@ def release_parser():
                                            "trained runs; a run not yet exported is exported first.", [
                              "runs/dae_mnist runs/conv_ae_fashion_mnist --out dist/",
                              "runs/*_fashion_mnist --out releases/v0.2 --quiet   # the release aezoo ships",
-                             "dae_mnist --reexport --opset 18"])
+                             "dae_mnist --reexport --opset 18",
+                             "runs/*_fashion_mnist --out dist/ --precision fp32,int8   # + the int8 files that passed"])
     parser.add_argument("run_dirs", nargs="+", help="run dirs written by zoo.train, or preset names (= runs/<preset>/)")
     parser.add_argument("--out", default="dist", help="release folder (default %(default)s/; must be new, empty or "
                                                       "a release)")
@@ -68,6 +69,9 @@ def release_parser():
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--data-dir", help="IDX folder with test images, if a run must be exported first")
     parser.add_argument("--reexport", action="store_true", help="export again even if RUN_DIR/export/ is current")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated precisions to ship: fp32 (always), fp16, int8; a variant ships only if "
+                             "it passed its accuracy check at export (default %(default)s)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -79,7 +83,7 @@ def release_main(argv=None):
         from export import release
 
         release.release(args.run_dirs, args.out, data_dir=args.data_dir, opset=args.opset, reexport=args.reexport,
-                        verbose=0 if args.quiet else 1, release_name=args.name)
+                        verbose=0 if args.quiet else 1, release_name=args.name, precisions=args.precision)
         return 0
 
     return run_cli(body, interrupted="Interrupted; bundles already written are whole, the one in progress was not "

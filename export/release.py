@@ -38,9 +38,10 @@ class ReleaseError(ZooError):
 sha256_file = fileio.sha256_file
 
 
-def _export_is_current(run_dir, export_dir, opset):
+def _export_is_current(run_dir, export_dir, opset, precisions=("fp32",)):
     """Whether RUN_DIR/export holds a passed export of this model.keras at this opset with its ONNX files, lean
-    and NHWC (parity.json records the layout since graphs are lean: an older export is made again)."""
+    and NHWC (parity.json records the layout since graphs are lean: an older export is made again), with each
+    variant of `precisions` measured (kept or not)."""
     needed = [export_dir / schema.ONNX_FILES[p] for p in PARTS]
     if not (export_dir / schema.PARITY).is_file() or not all(p.exists() for p in needed):
         return False
@@ -49,8 +50,20 @@ def _export_is_current(run_dir, export_dir, opset):
     except schema.SchemaError:
         return False
     return (parity.passed is True and "onnx" in parity.formats and parity.opset == opset
-            and parity.inputs.get("layout") == "nhwc"
+            and parity.inputs.get("layout") == "nhwc" and all(p in parity.variants for p in precisions[1:])
             and (export_dir / schema.PARITY).stat().st_mtime >= (run_dir / schema.MODEL).stat().st_mtime)
+
+
+def _variant_files(export_dir, parity, precision):
+    """{part: file name} of the variant at `precision` that passed its accuracy check, or {} with why not."""
+    report = parity.variants.get(precision) or {}
+    if not report.get("kept"):
+        return {}, report.get("error") or "; ".join(report.get("failures") or ()) or "not made"
+    files = {part: schema.onnx_file(part, precision) for part in PARTS}
+    missing = [name for name in files.values() if not (export_dir / name).is_file()]
+    if missing:
+        return {}, "{} missing from {}".format(", ".join(missing), export_dir)
+    return files, None
 
 
 def _run_config(run_dir):
@@ -86,22 +99,38 @@ def _load_keras(run_dir):
         raise ReleaseError("Cannot load {}: {}".format(run_dir / schema.MODEL, exc)) from None
 
 
+def parse_precisions(precisions):
+    """("fp32", ...) from "fp32,int8" or a sequence (zoo.schema.PRECISIONS; fp32 always ships)."""
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    precisions = tuple(dict.fromkeys(precisions or ()))
+    unknown = [p for p in precisions if p not in schema.PRECISIONS]
+    if unknown:
+        raise ReleaseError("Unknown precision(s) {}; choose from {} (comma-separated).".format(
+            ", ".join(unknown), ", ".join(schema.PRECISIONS)))
+    return ("fp32",) + tuple(p for p in precisions if p != "fp32")
+
+
 def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, reexport=False, verbose=1,
-                release_name=None):
+                release_name=None, precisions=("fp32",)):
     """Write the bundle of one run dir (or preset name) to OUT/<preset>/; returns that folder.
 
-    The run is exported first unless RUN_DIR/export/ already holds a passed export of it.
+    The run is exported first unless RUN_DIR/export/ already holds a passed export of it (with each of
+    `precisions` measured). A variant (fp16, int8) ships only if it passed its accuracy check at export; the
+    Keras weights map into the fp32 files only.
     """
     from zoo import pretrained
 
+    precisions = parse_precisions(precisions)
     run_dir = layout.resolve_run_dir(run_dir)
     config = _run_config(run_dir)
     preset = config.preset
     _check_out(out, [run_dir])
     fileio.check_replaceable(Path(out) / preset, BUNDLE_KIND, BUNDLE_FILES)
     export_dir = run_dir / schema.EXPORT_DIR
-    if reexport or not _export_is_current(run_dir, export_dir, opset):
-        _exporter().export_run(run_dir, opset=opset, out=export_dir, data_dir=data_dir, verbose=verbose)
+    if reexport or not _export_is_current(run_dir, export_dir, opset, precisions):
+        _exporter().export_run(run_dir, opset=opset, out=export_dir, data_dir=data_dir, verbose=verbose,
+                               precisions=precisions)
     elif verbose:
         print("Using the export in {} (its parity check passed)".format(export_dir), flush=True)
     parity = schema.Parity.load(export_dir)
@@ -119,6 +148,19 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
             # The versions that made the files, recorded at export time (not this process's).
             export_versions = (meta.get("versions") or {}).get("export")
         weights_map = pretrained.write_weights(tmp, model, [tmp / schema.ONNX_FILES[p] for p in PARTS])
+        shipped = {}
+        for precision in precisions[1:]:
+            names, why_not = _variant_files(export_dir, parity, precision)
+            if why_not:
+                if verbose:
+                    print("  {}: not shipped ({})".format(precision, why_not), flush=True)
+                continue
+            for part, name in names.items():
+                shutil.copyfile(export_dir / name, tmp / name)
+                meta = runtime.decode_metadata(_onnx_props(tmp / name))
+                files.append(_file_entry(tmp / name, "onnx", part, inputs=meta.get("inputs"),
+                                         outputs=meta.get("outputs"), precision=precision))
+            shipped[precision] = {k: v for k, v in parity.variants[precision].items() if k not in ("files", "sizes")}
         files.append(_file_entry(tmp / schema.KERAS_WEIGHTS, "keras", "keras_weights",
                                  note="where each Keras variable is in the ONNX files; zoo.from_preset reads it"))
         if (tmp / schema.KERAS_EXTRA).is_file():
@@ -131,7 +173,9 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
             training=config.training, overrides=config.overrides,
             metrics={k: v for k, v in (metrics.to_dict() if metrics else {}).items()
                      if k in ("split", "num_images", "metrics", "units")},
-            parity={k: getattr(parity, k) for k in ("passed", "tolerance", "batch_sizes", "max_abs_diff", "inputs")},
+            parity=dict({k: getattr(parity, k)
+                         for k in ("passed", "tolerance", "batch_sizes", "max_abs_diff", "inputs")},
+                        **({"variants": shipped} if shipped else {})),
             versions={"training": config.versions, "export": export_versions},
             weights_sha256=weights_map["weights_sha256"], release=release_name or Path(out).name)
         if manifest.variational:
@@ -193,10 +237,11 @@ def write_index(out, release_name=None):
 
 
 def release(run_dirs, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, reexport=False, verbose=1,
-            release_name=None):
+            release_name=None, precisions=("fp32",)):
     """Bundle every run dir into OUT/<preset>/ and refresh OUT/index.json; returns {preset: folder}."""
     if not run_dirs:
         raise ReleaseError("Name at least one run dir (or preset) to release.")
+    precisions = parse_precisions(precisions)
     seen = {}
     for run_dir in run_dirs:
         path = layout.resolve_run_dir(run_dir)
@@ -212,7 +257,7 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, 
             fileio.write_marker(out, RELEASE_KIND)
         for preset, path in seen.items():
             bundles[preset] = release_run(path, out, data_dir=data_dir, opset=opset, reexport=reexport,
-                                          verbose=verbose, release_name=release_name)
+                                          verbose=verbose, release_name=release_name, precisions=precisions)
         write_index(out, release_name)
         fileio.write_marker(out, RELEASE_KIND)
     except BaseException:

@@ -1,5 +1,5 @@
 """Precision variants of the exported ONNX files (export.precision): fp16 and int8 files measured against fp32,
-kept only within tolerance, recorded in parity.json."""
+kept only within tolerance, recorded in parity.json, and shipped by the release when asked."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export import exporter, precision, runtime
+from export import exporter, precision, release, runtime
 from tests.helpers import write_idx_dir, write_run_dir
 from zoo import fileio, schema
 
@@ -199,3 +199,50 @@ def test_int8_keeps_the_layers_next_to_codes_and_pixels_float(runs, tmp_path):
         weight_only = [n for n in model.graph.node if n.op_type == "Cast"]
         assert len(weight_only) == (1 if part == "encoder" else 2)
 
+
+# --- the release -------------------------------------------------------------------------------------------
+
+
+def test_release_ships_the_variants_that_passed(runs, tmp_path):
+    run = runs("conv_vae")
+    exporter.export_run(run, formats="onnx", precisions="fp32,fp16,int8", verbose=0,
+                        variant_tolerances={"int8": LOOSE["int8"], "fp16": {"sq_error_rel": 0.0, "precision_at_10": 0.0}})
+    bundle = release.release([run], tmp_path / "dist", precisions="fp32,fp16,int8", verbose=0)["conv_vae_mnist"]
+    names = sorted(p.name for p in bundle.iterdir() if p.name not in (fileio.MARKER, "keras_extra.npz"))
+    assert names == ["SHA256SUMS", "decoder.int8.onnx", "decoder.onnx", "encoder.int8.onnx", "encoder.onnx",
+                     "keras_weights.json", "manifest.json"]  # fp16 missed its (zero) tolerance
+    manifest = schema.Manifest.load(bundle)
+    variants = {(e["role"], e.get("precision")): e for e in manifest.entries("onnx")}
+    assert set(variants) == {("encoder", None), ("decoder", None), ("encoder", "int8"), ("decoder", "int8")}
+    assert variants["encoder", "int8"]["file"] == "encoder.int8.onnx"
+    assert variants["encoder", "int8"]["outputs"] == ["z_mean", "z_log_var"]
+    assert sorted(manifest.parity["variants"]) == ["int8"]
+    shipped = manifest.parity["variants"]["int8"]
+    assert shipped["passed"] and "sq_error_per_image" in shipped and "precision_at_10" in shipped
+    assert "calibration" in shipped and "files" not in shipped
+    sums = (bundle / "SHA256SUMS").read_text()
+    assert "encoder.int8.onnx" in sums and "decoder.int8.onnx" in sums
+    # The Keras weights map into the fp32 files only.
+    weights_map = json.loads((bundle / "keras_weights.json").read_text())
+    assert {v["file"] for v in weights_map["variables"] if "file" in v} <= {"encoder.onnx", "decoder.onnx"}
+    x = np.random.default_rng(0).uniform(0, 1, (3, 28, 28, 1)).astype("float32")
+    assert runtime.Runtime(bundle, precision="int8", providers=["CPUExecutionProvider"]).encode(x).shape == (3, 4)
+    # By default only fp32 ships, from the same export.
+    plain = release.release([run], tmp_path / "plain", verbose=0)["conv_vae_mnist"]
+    assert not list(plain.glob("*.int8.onnx")) and "variants" not in schema.Manifest.load(plain).parity
+
+
+def test_release_exports_again_to_measure_a_precision_asked_for(runs, tmp_path):
+    run = runs("ae")
+    exporter.export_run(run, formats="onnx", verbose=0)  # fp32 only
+    bundle = release.release([run], tmp_path / "dist", precisions="int8", verbose=0)["ae_mnist"]
+    report = schema.Parity.load(run / "export").variants["int8"]
+    assert report["evaluation"]["test"]["split"] == "test"
+    assert (bundle / "encoder.int8.onnx").is_file() == report["kept"]
+    assert ("variants" in schema.Manifest.load(bundle).parity) == report["kept"]
+
+
+def test_release_precision_errors_are_one_clear_line(runs, tmp_path, capsys):
+    assert release.main([str(runs("ae")), "--out", str(tmp_path / "dist"), "--precision", "int4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown precision(s) int4") and not (tmp_path / "dist").exists()
