@@ -430,7 +430,10 @@ def _result(preset_dir, entries, format="onnx"):
             paths["savedmodel_archive"] = path
             paths["savedmodel"] = _extract_savedmodel(path, preset_dir, entry["sha256"])
         else:
-            paths[entry.get("role") or entry["file"]] = path
+            key = entry.get("role") or entry["file"]
+            if entry.get("precision", "fp32") != "fp32":  # encoder.int8.onnx -> "encoder_int8"
+                key = "{}_{}".format(key, entry["precision"])
+            paths[key] = path
     if "keras_weights" in paths:
         if format == "keras":
             paths["keras"] = _keras_file(preset_dir)
