@@ -139,6 +139,15 @@ def search_lines(name, search):
                 which, floats["precision_at_10"], floats["map_at_100"], ", ".join(binary) or "not measured")]
 
 
+def health_text(health):
+    """One line: how much of the code the trained model uses (zoo.metrics.code_health, on training images)."""
+    from zoo import metrics
+
+    if not health:
+        return "Code health: {} (the run predates the check).".format(MISSING)
+    return "{}, on {:,} training images.".format(metrics.health_line(health), health["images"])
+
+
 def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch=None, search=None):
     from zoo.data import get_info
     from zoo.registry import describe_models
@@ -176,6 +185,7 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
                     "denoised_psnr_db"):
             if key in m:
                 lines.append("| {} | {:.4g} |".format(key, m[key]))
+        lines += ["", health_text(m.get("health"))]
         lines += ["", "Against the classics (same split, same code size):", "",
                   "- Squared error per image {:.2f} vs PCA-{} {:.2f} (ratio {:.2f}).".format(
                       red["sq_error_per_image"], latent, red["pca_sq_error_per_image"], red["ratio_to_pca"]),

@@ -353,6 +353,11 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
 
     test_images = data.normalize(splits.test_images)
     result, recon, noisy = evaluate(model, test_images)
+    # How much of the code is in use, on training images (the codes the model was fitted to).
+    health = metrics.model_code_health(model, data.normalize(splits.fit_images[:metrics.HEALTH_IMAGES]))
+    result["health"] = health
+    if placement.chief and metrics.health_warning(health):
+        _warn("{}: {}.".format(preset.name, metrics.health_warning(health)))
 
     # Each file is written whole or not at all; metrics.json goes last and marks a complete run. The
     # checkpoint stays until then, so an interruption here loses no epoch.
@@ -373,7 +378,8 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
     fileio.write_text(out / schema.HISTORY, history_csv(saver.state["history"]))
     save_figure(out / schema.FIGURE, model, test_images, recon, noisy, "{} (test set)".format(preset.name))
     schema.RunMetrics(split="test", num_images=int(len(test_images)), metrics=result,
-                      units={k: v for k, v in metrics.UNITS.items() if k in result},
+                      units={**{k: v for k, v in metrics.UNITS.items() if k in result},
+                             "health": {k: v for k, v in metrics.HEALTH_UNITS.items() if k in health}},
                       timing=timing(saver.state["seconds"], splits.num_train)).save(out)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     if not placement.chief:
@@ -381,5 +387,5 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
         return None
     if verbose:
         shown = ", ".join("{}={:.4g}".format(k, v) for k, v in result.items() if isinstance(v, float))
-        print("Test: {}\nRun dir: {}".format(shown, out), flush=True)
+        print("Test: {}\n{}.\nRun dir: {}".format(shown, metrics.health_line(health), out), flush=True)
     return out

@@ -154,6 +154,15 @@ class Autoencoder(keras.Model):
         check_batch(images, self.image_shape, "images")
         return self.predict(images, batch_size=batch_size, verbose=0)
 
+    @property
+    def code_kind(self):
+        """What the code is, for zoo.metrics.code_health: 'gaussian' for a variational latent, else the name of
+        the code layer's activation ('sigmoid', 'relu', 'linear', ...)."""
+        if self.sampler is not None:
+            return "gaussian"
+        layer = next((layer for layer in self.encoder.layers if layer.name == "code"), None)
+        return getattr(getattr(layer, "activation", None), "__name__", "linear")
+
     # --- losses -----------------------------------------------------------------------------
     def reconstruction_error(self, x, x_hat):
         return reconstruction_error(x, x_hat, self.reconstruction_loss)
