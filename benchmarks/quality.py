@@ -1,42 +1,52 @@
-"""Model quality against the classics on the real test split: PCA at the same code size, retrieval
-precision@10 against pixels and PCA, denoising PSNR, and latent-space figures.
+"""Model quality against the classics on the real test split, in the units papers report: reconstruction (summed
+BCE, squared error, PSNR per image) against PCA at the same code size and the mean image, retrieval precision@10
+against the full training set, a linear probe with 550 and with all labels, denoising PSNR, latent figures;
+mean and spread over seeds, and a section at the common code size of 20.
 
-`python -m benchmarks.quality --all-trained` reads runs/<preset>/ and writes benchmarks/results/.
+`python -m benchmarks.quality --all-trained` reads runs/ and writes benchmarks/results/quality.{json,csv,md}.
+Run dirs it reads (RUNS is --runs-dir):
+    RUNS/<preset>/                          the preset as trained (its recipe's seed, 1337)
+    RUNS/seeds/<preset>/seed<N>/            the same recipe with --seed N (python -m zoo.train PRESET --seed N)
+    RUNS/latent20/<preset>/                 trained with --set latent_dim=20, compared with PCA-20
+    RUNS/latent20/seeds/<preset>/seed<N>/   both
 """
 
-import csv
-import io
-import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
 
-from zoo.metrics import psnr_db, sq_error_per_image
+from benchmarks.quality_measures import (PROBE_PER_CLASS, flat, precision_at_k, probe, reconstruction_measures,
+                                         spread)
+# The tables live in quality_report; these names stay importable from here, where they were.
+from benchmarks.quality_report import (CONTROLS, DENOISING_CONDITIONS, control_recipe_differences,  # noqa: F401
+                                       markdown)
 from zoo import schema
+from zoo.errors import ZooError
+from zoo.metrics import psnr_db, sq_error_per_image
 
-# Each condition of the denoising table: (kind, level, label).
-DENOISING_CONDITIONS = (
-    ("gaussian", 0.1, "gaussian 0.1"),
-    ("gaussian", 0.3, "gaussian 0.3"),
-    ("gaussian", 0.5, "gaussian 0.5"),
-    ("masking", 0.25, "masking 25%"),
-    ("masking", 0.5, "masking 50%"),
-    ("salt_and_pepper", 0.1, "salt & pepper 10%"),
-)
-# The plain model of the same architecture is the control for each denoising family.
-CONTROLS = {"dae": "deep_ae", "conv_dae": "conv_ae"}
 NOISE_SEED = 2024
 RESULTS_DIR = Path(schema.RESULTS_DIR)
 RUNS_DIR = Path(schema.RUNS_DIR)
-K = 10
-
-
-# --- the measures, on plain arrays (tested on synthetic data with known answers) -------------------
-def flat(images):
-    return np.asarray(images, np.float32).reshape(len(images), -1)
+SEEDS_DIR = "seeds"  # RUNS/seeds/<preset>/seed<N>/
+SEED_PREFIX = "seed"
+COMMON_LATENT_DIM = 20
+COMMON_DIR = "latent{}".format(COMMON_LATENT_DIM)  # RUNS/latent20/<preset>/
+#: The numbers averaged over seeds: name in seeds.metrics -> where it lies in a result.
+SEED_METRICS = (
+    ("sq_error_per_image", ("reduction", "sq_error_per_image")),
+    ("bce_per_image", ("reduction", "bce_per_image")),
+    ("psnr_db", ("reduction", "psnr_db")),
+    ("ratio_to_pca", ("reduction", "ratio_to_pca")),
+    ("precision_at_10", ("retrieval", "precision_at_10")),
+    ("probe_few_labels", ("probe", "codes", "few_labels", "mean")),
+    ("probe_all_labels", ("probe", "codes", "all_labels", "accuracy")),
+)
+#: zoo.metrics' code health check, (model, training images) -> counts of unusable code units; recorded under
+#: "health" where zoo.metrics has it.
+HEALTH_CHECK = "model_code_health"
 
 
 def pca_baseline(train_images, test_images, n_components, seed=0):
@@ -46,43 +56,69 @@ def pca_baseline(train_images, test_images, n_components, seed=0):
     return pca, sq_error_per_image(test_images, recon)
 
 
-def precision_at_k(db_codes, db_labels, query_codes, query_labels, k=K):
-    """Mean fraction of each query's k Euclidean nearest database items that share its label."""
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", n_jobs=-1).fit(flat(db_codes))
-    _, idx = nn.kneighbors(flat(query_codes))
-    return float(np.mean(np.asarray(db_labels)[idx] == np.asarray(query_labels)[:, None]))
+def _timed(what, fn, *args, **kwargs):
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    print("  {}: {:.0f} s".format(what, time.perf_counter() - start), flush=True)
+    return value
 
 
 # --- evaluating trained runs ---------------------------------------------------------------------
 class Evaluation:
-    """Test and train arrays of one dataset with the baselines that depend only on the data."""
+    """Test and train arrays of one dataset with the baselines that depend only on the data.
 
-    def __init__(self, dataset, data_dir=None, val_fraction=0.1):
+    PCA and the mean image are fitted on the training slice the models trained on (without the validation
+    tail); retrieval searches, and the probe learns from, the whole training split."""
+
+    def __init__(self, dataset, data_dir=None, val_fraction=0.1, probe_per_class=PROBE_PER_CLASS):
         from zoo import data
 
         train = data.load_arrays(dataset, "train", data_dir=data_dir)
         test = data.load_arrays(dataset, "test", data_dir=data_dir)
-        # Baselines see what the models saw: the training slice without the validation tail.
-        n_fit = len(train.images) - int(round(len(train.images) * val_fraction))
+        self.n_fit = len(train.images) - int(round(len(train.images) * val_fraction))
         self.dataset = dataset
         self.source = test.source
-        self.train_x, self.train_y = data.normalize(train.images[:n_fit]), train.labels[:n_fit]
+        self.all_x, self.all_y = data.normalize(train.images), train.labels
+        self.train_x, self.train_y = self.all_x[:self.n_fit], self.all_y[:self.n_fit]
         self.test_x, self.test_y = data.normalize(test.images), test.labels
-        self._pca = {}
-        self._pixel_precision = None
+        self.probe_per_class = probe_per_class
+        self.database = "train ({:,})".format(len(self.all_x))
+        self._pca, self._pixels, self._mean_image = {}, None, None
+
+    def probe(self, train_codes, test_codes):
+        return probe(train_codes, self.all_y, self.n_fit, test_codes, self.test_y, per_class=self.probe_per_class)
+
+    def precision(self, train_codes, test_codes):
+        return precision_at_k(train_codes, self.all_y, test_codes, self.test_y)
+
+    def mean_image(self):
+        if self._mean_image is None:
+            mean = flat(self.train_x).mean(axis=0)
+            self._mean_image = reconstruction_measures(self.test_x, np.broadcast_to(mean, flat(self.test_x).shape))
+            # Grey-level targets: even x_hat = x costs the pixels' own entropy, the floor of the BCE.
+            self._mean_image["bce_floor_per_image"] = reconstruction_measures(self.test_x, self.test_x)["bce_per_image"]
+        return self._mean_image
 
     def pca(self, k):
         if k not in self._pca:
-            pca, err = pca_baseline(self.train_x, self.test_x, k)
-            codes = (pca.transform(flat(self.train_x)), pca.transform(flat(self.test_x)))
-            self._pca[k] = {"sq_error_per_image": err,
-                            "precision_at_10": precision_at_k(codes[0], self.train_y, codes[1], self.test_y)}
+            print("  PCA-{} baselines".format(k), flush=True)
+            pca = PCA(n_components=k, random_state=0).fit(flat(self.train_x))
+            test_codes, train_codes = pca.transform(flat(self.test_x)), pca.transform(flat(self.all_x))
+            self._pca[k] = {
+                # The PCA reconstruction as it is for squared error and PSNR; BCE clips it into [0, 1].
+                **reconstruction_measures(self.test_x, pca.inverse_transform(test_codes)),
+                "precision_at_10": _timed("PCA-{} precision@10".format(k), self.precision, train_codes, test_codes),
+                "probe": _timed("PCA-{} probe".format(k), self.probe, train_codes, test_codes)}
         return self._pca[k]
 
+    def pixels(self):
+        if self._pixels is None:
+            self._pixels = {"precision_at_10": _timed("pixels precision@10", self.precision, self.all_x, self.test_x),
+                            "probe": _timed("pixels probe", self.probe, self.all_x, self.test_x)}
+        return self._pixels
+
     def pixel_precision(self):
-        if self._pixel_precision is None:
-            self._pixel_precision = precision_at_k(self.train_x, self.train_y, self.test_x, self.test_y)
-        return self._pixel_precision
+        return self.pixels()["precision_at_10"]
 
 
 def denoising_rows(model, images):
@@ -133,7 +169,17 @@ def vae_figures(out_dir, preset, model, images):
                        title="{}: decoding straight lines between two test images' codes".format(preset))
 
 
-def evaluate_run(run_dir, evaluation, out_dir):
+def health(model, images):
+    """zoo.metrics' code health of `model` on training `images` (dead, saturated or inactive code units), or None
+    where zoo.metrics has no such check (HEALTH_CHECK names the function this looks for)."""
+    from zoo import metrics
+
+    check = getattr(metrics, HEALTH_CHECK, None)
+    return None if check is None else check(model, images)
+
+
+def evaluate_run(run_dir, evaluation, out_dir, figures=True):
+    """The result of one run dir: its recorded recipe and metrics, and every measure against the baselines."""
     import keras
 
     import zoo  # noqa: F401  (registers the classes that model.keras names)
@@ -143,10 +189,13 @@ def evaluate_run(run_dir, evaluation, out_dir):
     run_metrics = schema.RunMetrics.load(run_dir)
     model = keras.models.load_model(run_dir / schema.MODEL)
     preset, k = config.preset, int(config.latent_dim)
-    test_codes = model.encode(evaluation.test_x)
-    train_codes = model.encode(evaluation.train_x)
-    pca = evaluation.pca(k)
-    model_err = sq_error_per_image(evaluation.test_x, model.reconstruct(evaluation.test_x))
+    print("evaluating {} ({}, code size {}, seed {})".format(preset, run_dir, k, config.training.get("seed")),
+          flush=True)
+    test_codes = np.asarray(model.encode(evaluation.test_x))
+    train_codes = np.asarray(model.encode(evaluation.all_x))
+    recon = np.asarray(model.reconstruct(evaluation.test_x))
+    pca, pixels, mean = evaluation.pca(k), evaluation.pixels(), evaluation.mean_image()
+    own = reconstruction_measures(evaluation.test_x, recon)
     result = {
         "preset": preset,
         "model": config.model,
@@ -161,119 +210,192 @@ def evaluate_run(run_dir, evaluation, out_dir):
         "timing": run_metrics.timing,
         "versions": config.versions,
         "description": config.description,
-        "reduction": {"sq_error_per_image": model_err, "pca_sq_error_per_image": pca["sq_error_per_image"],
-                      "ratio_to_pca": model_err / pca["sq_error_per_image"]},
-        "retrieval": {"precision_at_10": precision_at_k(train_codes, evaluation.train_y, test_codes,
-                                                        evaluation.test_y),
-                      "pixels_precision_at_10": evaluation.pixel_precision(),
-                      "pca_precision_at_10": pca["precision_at_10"]},
+        "run_dir": str(run_dir),
+        "reduction": {
+            "sq_error_per_image": own["sq_error_per_image"], "pca_sq_error_per_image": pca["sq_error_per_image"],
+            "ratio_to_pca": own["sq_error_per_image"] / pca["sq_error_per_image"],
+            "bce_per_image": own["bce_per_image"], "pca_bce_per_image": pca["bce_per_image"],
+            "psnr_db": own["psnr_db"], "pca_psnr_db": pca["psnr_db"],
+            "mean_image_sq_error_per_image": mean["sq_error_per_image"],
+            "mean_image_bce_per_image": mean["bce_per_image"], "mean_image_psnr_db": mean["psnr_db"],
+            "bce_floor_per_image": mean["bce_floor_per_image"],
+            "pca_fit": "first {:,} training images (the models' training slice)".format(evaluation.n_fit)},
+        "retrieval": {"precision_at_10": _timed("precision@10", evaluation.precision, train_codes, test_codes),
+                      "pixels_precision_at_10": pixels["precision_at_10"],
+                      "pca_precision_at_10": pca["precision_at_10"],
+                      "database": evaluation.database, "queries": "test ({:,})".format(len(test_codes))},
+        "probe": {"codes": _timed("probe", evaluation.probe, train_codes, test_codes),
+                  "pixels": pixels["probe"], "pca": pca["probe"]},
         "denoising": denoising_rows(model, evaluation.test_x),
     }
-    info = data.get_info(config.dataset)
-    latent_figure(out_dir / "latent_{}.png".format(preset), test_codes, evaluation.test_y, info.class_names,
-                  "{}: test codes ({}-d), first two principal components".format(preset, k))
-    if hasattr(model, "sample"):
-        vae_figures(out_dir, preset, model, evaluation.test_x)
+    verdict = health(model, evaluation.train_x)
+    if verdict is not None:
+        result["health"] = verdict
+    if figures:
+        info = data.get_info(config.dataset)
+        latent_figure(out_dir / "latent_{}.png".format(preset), test_codes, evaluation.test_y, info.class_names,
+                      "{}: test codes ({}-d), first two principal components".format(preset, k))
+        if hasattr(model, "sample"):
+            vae_figures(out_dir, preset, model, evaluation.test_x)
     return result
 
 
-# --- report ----------------------------------------------------------------------------------------
-def markdown(results):
-    lines = ["# Quality on the real test split", "",
-             "Squared error per image (sum over pixels, mean over test images) against scikit-learn PCA with "
-             "as many components as the code; precision@10 of Euclidean nearest neighbours (test queries, "
-             "training set as database) by the model's codes, by raw pixels and by PCA codes.", "",
-             "| preset | code | sq. error | PCA | ratio | P@10 code | P@10 pixels | P@10 PCA |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        red, ret = r["reduction"], r["retrieval"]
-        lines.append("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.3f} | {:.3f} | {:.3f} |".format(
-            r["preset"], r["latent_dim"], red["sq_error_per_image"], red["pca_sq_error_per_image"],
-            red["ratio_to_pca"], ret["precision_at_10"], ret["pixels_precision_at_10"], ret["pca_precision_at_10"]))
-    lines += ["", "## Denoising: PSNR (dB) of the noisy input -> of the model's output", "",
-              "| preset | " + " | ".join(c[2] for c in DENOISING_CONDITIONS) + " |",
-              "| --- |" + " ---: |" * len(DENOISING_CONDITIONS)]
-    for r in results:
-        cells = ["{:.1f} -> {:.1f}".format(d["noisy_psnr_db"], d["output_psnr_db"]) for d in r["denoising"]]
-        control = " (control for {})".format(
-            ", ".join(k for k, v in CONTROLS.items() if v == r["model"])) if r["model"] in CONTROLS.values() else ""
-        lines.append("| {}{} | {} |".format(r["preset"], control, " | ".join(cells)))
-    notes = control_recipe_differences(results)
-    if notes:
-        lines += [""] + ["- " + n for n in notes]
-    return "\n".join(lines) + "\n"
+# --- several seeds ---------------------------------------------------------------------------------------------
+def _complete(run_dir):
+    return (Path(run_dir) / schema.METRICS).is_file()
 
 
-RECIPE_KEYS = ("epochs", "batch_size", "learning_rate", "seed", "reconstruction_loss", "limit")
+def seed_run_dirs(root, preset):
+    """The finished run dirs of `preset` under `root`: root/<preset>/ first, then root/seeds/<preset>/seed<N>/ by N.
+    None when root/<preset>/ is not a finished run (seeds alone have no run to describe)."""
+    root = Path(root)
+    if not _complete(root / preset):
+        return []
+    extra = []
+    for d in (root / SEEDS_DIR / preset).glob(SEED_PREFIX + "*"):
+        if d.name[len(SEED_PREFIX):].isdigit():
+            if _complete(d):
+                extra.append(d)
+            else:
+                print("skipping {}: not a finished run (no {})".format(d, schema.METRICS), flush=True)
+    return [root / preset] + sorted(extra, key=lambda d: int(d.name[len(SEED_PREFIX):]))
 
 
-def control_recipe_differences(results):
-    """One sentence per denoising run whose control was trained with another recipe.
+def _recipe(result):
+    model = {k: v for k, v in (result.get("model_config") or {}).items() if k not in ("seed", "name")}
+    training = {k: v for k, v in (result.get("training") or {}).items()
+                if k in ("epochs", "batch_size", "learning_rate", "reconstruction_loss", "limit", "optimizer",
+                         "schedule", "weight_decay")}
+    if "schedule" not in training:
+        training.pop("optimizer", None)  # aezoo 0.1 wrote "Adam, cosine decay to 1%" where 0.2 writes adam + cosine
+    return {**{"model " + k: v for k, v in model.items()}, **training}
 
-    The presets share architecture and recipe (tests/test_train.py checks them), but runs can still
-    differ (--epochs, --limit, an older preset); a reader comparing the two rows must know that.
-    """
-    by_key = {(r["model"], r["dataset"]): r for r in results}
-    notes = []
-    for r in results:
-        control = by_key.get((CONTROLS.get(r["model"]), r["dataset"]))
-        if control is None:
-            continue
-        differ = ["{} {} vs {}".format(key.replace("_", " "), r["training"].get(key), control["training"].get(key))
-                  for key in RECIPE_KEYS if r["training"].get(key) != control["training"].get(key)]
+
+def recipe_differences(first, other):
+    """What differs between two results' recorded recipes other than the seed (keys both recorded)."""
+    a, b = _recipe(first), _recipe(other)
+    return ["{} {} vs {}".format(k.replace("_", " "), a[k], b[k]) for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+
+
+def _get(result, path):
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def check_seed_runs(results):
+    """Refuse results (or config dicts) of one preset whose recipes differ in more than the seed, or that
+    repeat a seed: their spread would not be the spread over seeds."""
+    seeds = [_get(r, ("training", "seed")) for r in results]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if repeated:
+        raise ZooError("{} has several runs with seed {}: {}; keep one per seed.".format(
+            results[0]["preset"], repeated[0], ", ".join(str(r.get("run_dir", "?")) for r in results
+                                                          if _get(r, ("training", "seed")) == repeated[0])))
+    for r in results[1:]:
+        differ = recipe_differences(results[0], r)
         if differ:
-            notes.append("{} and its control {} were trained with different recipes ({}, in that order).".format(
-                r["preset"], control["preset"], "; ".join(differ)))
-    return notes
+            raise ZooError("{} and {} differ in more than the seed ({}); a seed run must repeat the recipe: "
+                           "python -m zoo.train {} --seed N --out ...".format(
+                               results[0].get("run_dir"), r.get("run_dir"), "; ".join(differ), results[0]["preset"]))
+    return seeds
 
 
-def write_results(results, out_dir):
+def seed_summary(results):
+    """{n, seeds, run_dirs, metrics: {name: spread}} over the results of one recipe trained with several seeds."""
+    seeds = check_seed_runs(results)
+    metrics = {}
+    for name, path in SEED_METRICS:
+        values = [_get(r, path) for r in results]
+        if all(v is not None for v in values):
+            metrics[name] = spread(values)
+    few = [_get(r, ("probe", "codes", "few_labels", "values")) for r in results]
+    if all(few):
+        metrics["probe_few_labels_every_draw"] = spread([a for v in few for a in v])
+    for i, (_, _, label) in enumerate(DENOISING_CONDITIONS):
+        values = [r["denoising"][i]["gain_db"] for r in results if len(r.get("denoising") or ()) > i]
+        if len(values) == len(results):
+            metrics["denoising_gain_db[{}]".format(label)] = spread(values)
+    return {"n": len(results), "seeds": seeds, "run_dirs": [r.get("run_dir") for r in results],
+            "std": "sample standard deviation (n - 1) over seeds; none for one seed", "metrics": metrics}
+
+
+def evaluate_preset(run_dirs, evaluation, out_dir, figures=True):
+    """The result of run_dirs[0] (the preset as trained) with `seeds`: the spread over every run dir given."""
+    results = [evaluate_run(d, evaluation, out_dir, figures=figures and i == 0) for i, d in enumerate(run_dirs)]
+    main = results[0]
+    main["seeds"] = seed_summary(results)
+    return main
+
+
+# --- report ----------------------------------------------------------------------------------------
+def write_results(results, out_dir, common=()):
     from zoo import fileio
 
+    from benchmarks.quality_report import csv_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    fileio.write_json(out_dir / "quality.json", {"results": results})
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["preset", "latent_dim", "sq_error_per_image", "pca_sq_error_per_image", "ratio_to_pca",
-                     "precision_at_10", "pixels_precision_at_10", "pca_precision_at_10"]
-                    + ["psnr_gain_db[{}]".format(c[2]) for c in DENOISING_CONDITIONS])
-    for r in results:
-        red, ret = r["reduction"], r["retrieval"]
-        writer.writerow([r["preset"], r["latent_dim"], red["sq_error_per_image"], red["pca_sq_error_per_image"],
-                         red["ratio_to_pca"], ret["precision_at_10"], ret["pixels_precision_at_10"],
-                         ret["pca_precision_at_10"]] + [d["gain_db"] for d in r["denoising"]])
-    fileio.write_text(out_dir / "quality.csv", buf.getvalue())
-    fileio.write_text(out_dir / "quality.md", markdown(results))
+    fileio.write_json(out_dir / "quality.json", {"results": list(results),
+                                                 "common_code": {"latent_dim": COMMON_LATENT_DIM,
+                                                                 "runs": "<runs-dir>/{}/<preset>/".format(COMMON_DIR),
+                                                                 "results": list(common)}})
+    fileio.write_text(out_dir / "quality.csv", csv_text(results, common))
+    fileio.write_text(out_dir / "quality.md", markdown(results, common))
 
 
-def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, merge=True):
-    """Evaluate the run dirs of `presets` (all complete runs when None); returns the results list."""
-    from zoo.errors import ZooError
+def _merge(old, new):
+    done = {r["preset"] for r in new}
+    return sorted([r for r in old if r["preset"] not in done] + list(new), key=lambda r: r["preset"])
+
+
+def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, merge=True,
+        probe_per_class=PROBE_PER_CLASS):
+    """Evaluate the run dirs of `presets` (all complete runs when None), their seed runs and their latent-20 runs;
+    returns the results list of the presets' own code size (the common-code-size results are in quality.json)."""
+    import json
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    common_dir = runs_dir / COMMON_DIR
     if presets is None:
-        presets = sorted(p.name for p in runs_dir.glob("*") if (p / schema.METRICS).exists())
+        presets = sorted({p.name for root in (runs_dir, common_dir) for p in root.glob("*") if _complete(p)})
         if not presets:
             raise ZooError("No complete run dirs in {}. Train some first: python -m zoo.train PRESET".format(runs_dir))
-    missing = [p for p in presets if not (runs_dir / p / schema.METRICS).exists()]
+    missing = [p for p in presets if not _complete(runs_dir / p) and not _complete(common_dir / p)]
     if missing:
         raise ZooError("No complete run for {} in {} (a complete run has metrics.json). Train it first: "
                        "python -m zoo.train {}".format(", ".join(missing), runs_dir, missing[0]))
+    # Every folder is checked before the first (slow) evaluation.
+    groups = []
+    for root, common_size in ((runs_dir, False), (common_dir, True)):
+        for preset in presets:
+            run_dirs = seed_run_dirs(root, preset)
+            if not run_dirs:
+                continue
+            configs = [dict(schema.RunConfig.load(d).to_dict(), run_dir=str(d)) for d in run_dirs]
+            check_seed_runs(configs)
+            config = schema.RunConfig.load(run_dirs[0])
+            if common_size and int(config.latent_dim) != COMMON_LATENT_DIM:
+                raise ZooError("{} has code size {}, not {}: train it with python -m zoo.train {} --set "
+                               "latent_dim={} --out {}".format(run_dirs[0], config.latent_dim, COMMON_LATENT_DIM,
+                                                               preset, COMMON_LATENT_DIM, run_dirs[0]))
+            groups.append((common_size, run_dirs, config.dataset))
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluations, results = {}, []
-    for preset in presets:
-        dataset = schema.RunConfig.load(runs_dir / preset).dataset
+    evaluations, results, common = {}, [], []
+    for common_size, run_dirs, dataset in groups:
         if dataset not in evaluations:
-            evaluations[dataset] = Evaluation(dataset, data_dir=data_dir)
-        print("evaluating", preset, flush=True)
-        results.append(evaluate_run(runs_dir / preset, evaluations[dataset], out_dir))
+            evaluations[dataset] = Evaluation(dataset, data_dir=data_dir, probe_per_class=probe_per_class)
+        (common if common_size else results).append(
+            evaluate_preset(run_dirs, evaluations[dataset], out_dir, figures=not common_size))
     if merge and (out_dir / "quality.json").exists():
         # Keep earlier results for presets not evaluated this time.
-        done = {r["preset"] for r in results}
-        old = json.loads((out_dir / "quality.json").read_text())["results"]
-        results = [r for r in old if r["preset"] not in done] + results
+        old = json.loads((out_dir / "quality.json").read_text())
+        results = _merge(old.get("results", []), results)
+        common = _merge((old.get("common_code") or {}).get("results", []), common)
     results.sort(key=lambda r: r["preset"])
-    write_results(results, out_dir)
+    common.sort(key=lambda r: r["preset"])
+    write_results(results, out_dir, common)
     return results
 
 
@@ -284,22 +406,24 @@ def main(argv=None):
         "conv_ae_fashion_mnist                  # evaluates runs/conv_ae_fashion_mnist/, merges into the results",
         "--all-trained --out /tmp/quality",
         "dae_fashion_mnist --runs-dir runs --data-dir /usr/share/datasets/fashion-mnist"])
-    parser.add_argument("presets", nargs="*", help="presets whose runs/<preset>/ to evaluate")
+    parser.add_argument("presets", nargs="*", help="presets whose runs/<preset>/ (and runs/seeds/<preset>/seed<N>/, "
+                                                   "runs/latent20/<preset>/) to evaluate")
     parser.add_argument("--all-trained", action="store_true", help="every complete run in --runs-dir")
     parser.add_argument("--runs-dir", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--data-dir")
+    parser.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS,
+                        help="labelled training images per class of the few-label probe (default %(default)s)")
     args = parser.parse_args(argv)
     if not args.presets and not args.all_trained:
         parser.error("name presets or pass --all-trained")
-    from zoo.errors import ZooError
-
     try:
-        results = run(None if args.all_trained else args.presets, args.runs_dir, args.out, args.data_dir)
+        run(None if args.all_trained else args.presets, args.runs_dir, args.out, args.data_dir,
+            probe_per_class=args.probe_per_class)
     except ZooError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return 2
-    print(markdown(results))
+    print((Path(args.out) / "quality.md").read_text())
     return 0
 
 
