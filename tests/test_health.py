@@ -1,4 +1,5 @@
-"""Code health (zoo.metrics.code_health) and how training reports it: metrics.json, the warning line, the cards."""
+"""Code health (zoo.metrics.code_health), the statistics a model takes from its training images (input centering),
+and how training reports both: metrics.json, the warning line, the same values on a resumed run."""
 
 import json
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo import metrics, schema, train
+from zoo import data, metrics, schema, train
 from tests.helpers import TINY_SHAPE, tiny_model, write_idx_dir
 
 
@@ -70,6 +71,31 @@ def test_every_family_has_a_code_health(name):
     assert ("active_dimensions" in health) == name.endswith("vae")
 
 
+# --- input centering ------------------------------------------------------------------------------------
+def test_centering_subtracts_the_mean_training_image():
+    keras.utils.set_random_seed(0)
+    model = zoo.build("ae", input_shape=TINY_SHAPE, latent_dim=4)
+    x = np.random.default_rng(4).integers(0, 256, (50,) + TINY_SHAPE).astype(np.uint8)
+    assert model.adapt(x) == ["centering"]
+    mean = x.astype(np.float64).mean(axis=0) / 255
+    np.testing.assert_allclose(model.encoder.get_layer("centering").input_mean.numpy(), mean.ravel(), atol=1e-6)
+    images = data.normalize(x)
+    code = model.encoder.get_layer("code")
+    expected = 1 / (1 + np.exp(-((images - mean).reshape(50, -1) @ code.kernel.numpy() + code.bias.numpy())))
+    np.testing.assert_allclose(model.encode(images), expected, atol=1e-5)
+    # A family without statistics of its data has nothing to set.
+    assert tiny_model("deep_ae").adapt(images) == []
+
+
+def test_models_saved_before_centering_load_without_it():
+    model = zoo.build("ae", input_shape=TINY_SHAPE, latent_dim=4)
+    old = {k: v for k, v in model.get_config().items() if k != "center_inputs"}  # aezoo 0.2's config
+    rebuilt = zoo.get_class("ae").from_config(old)
+    assert rebuilt.center_inputs is False and len(rebuilt.weights) == len(model.weights) - 1
+    assert zoo.get_class("sparse_ae").from_config(
+        {k: v for k, v in tiny_model("sparse_ae").get_config().items() if k != "center_inputs"}).center_inputs is False
+
+
 # --- in training ------------------------------------------------------------------------------------------
 @pytest.fixture
 def idx_dir(tmp_path, monkeypatch):
@@ -85,14 +111,17 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_training_records_health(idx_dir, tmp_path, capsys):
+def test_training_sets_the_mean_and_records_health(idx_dir, tmp_path, capsys):
     out = tmp_path / "run"
     kwargs = dict(out=out, epochs=2, limit=128, data_dir=idx_dir, verbose=0)
     with pytest.raises(KeyboardInterrupt):
         train.train("ae_mnist", callbacks=[_Interrupt()], **kwargs)
-    train.train("ae_mnist", **kwargs)
+    train.train("ae_mnist", **kwargs)  # resumed: the mean is set again, and equals the checkpoint's
     assert json.loads((out / schema.CONFIG).read_text())["training"]["resumed"] is True
     model = keras.models.load_model(out / schema.MODEL)
+    fit = data.load("mnist", batch_size=32, seed=0, data_dir=idx_dir, limit=128).fit_images
+    np.testing.assert_allclose(model.encoder.get_layer("centering").input_mean.numpy(),
+                               fit.astype(np.float64).mean(axis=0).ravel() / 255, atol=1e-6)
     result = schema.RunMetrics.load(out)
     health = result.metrics["health"]
     assert health["code"] == "sigmoid" and health["units"] == model.latent_dim and health["images"] == 128

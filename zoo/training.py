@@ -316,6 +316,9 @@ def _warn(message):
 
 def _train_locked(preset, changed, model, splits, out, placement, data_dir, verbose, callbacks, resume_from):
     with placement.scope():
+        # Statistics of the training images (the encoder's mean image), set the same way on a resumed run, whose
+        # checkpoint then restores the very same values.
+        model.adapt(splits.fit_images)
         model.compile(optimizer=make_optimizer(preset, splits.steps_per_epoch))
 
     settings = {key: getattr(preset, key) for key in ("epochs", "batch_size", "learning_rate", "seed", "limit")}

@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from zoo.errors import InputShapeError
+from zoo.models.blocks import InputCentering
 
 RECONSTRUCTION_LOSSES = ("mse", "bce")
 _EPSILON = 1e-7
@@ -162,6 +163,25 @@ class Autoencoder(keras.Model):
             return "gaussian"
         layer = next((layer for layer in self.encoder.layers if layer.name == "code"), None)
         return getattr(getattr(layer, "activation", None), "__name__", "linear")
+
+    # --- data-dependent statistics --------------------------------------------------------------
+    def adapt(self, images, batch_size=8192):
+        """Set the statistics the model takes from its training images (the mean image of an InputCentering
+        layer) before training; zoo.training calls it before fit, on a fresh and a resumed run alike. `images`
+        are float images in [0, 1] or uint8 ones (read as pixel / 255, like zoo.data.normalize). Returns the
+        names of the layers it set (none for a model without such statistics)."""
+        centering = [layer for layer in self.encoder.layers if isinstance(layer, InputCentering)]
+        if not centering:
+            return []
+        images = np.asarray(images) if isinstance(images, (list, tuple)) else images
+        check_batch(images, self.image_shape, "images")
+        total = np.zeros(self.image_shape, np.float64)
+        for start in range(0, len(images), batch_size):
+            total += np.sum(np.asarray(images[start:start + batch_size], np.float64), axis=0)
+        mean = total / max(len(images), 1) / (255.0 if images.dtype == np.uint8 else 1.0)
+        for layer in centering:
+            layer.adapt(mean)
+        return [layer.name for layer in centering]
 
     # --- losses -----------------------------------------------------------------------------
     def reconstruction_error(self, x, x_hat):

@@ -3,7 +3,31 @@
 import math
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="aezoo")
+class InputCentering(keras.layers.Layer):
+    """x - the mean training image, a non-trainable weight (`input_mean`) that Autoencoder.adapt sets before
+    training; it is saved with the weights and exported inside the encoder.
+
+    Pixels are all >= 0, so without it every gradient of a code unit's weights has the sign of that unit's
+    error and Adam moves all 784 weights the same way: the pre-activation jumps by about lr * sum(x) per step,
+    and sigmoid codes saturate in the first epoch (LeCun et al., Efficient BackProp, 1998, section 4.3)."""
+
+    def build(self, input_shape):
+        self.input_mean = self.add_weight(shape=tuple(input_shape[1:]), initializer="zeros", trainable=False,
+                                          name="input_mean")
+
+    def call(self, inputs):
+        return inputs - ops.cast(self.input_mean, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def adapt(self, mean_image):
+        self.input_mean.assign(np.reshape(np.asarray(mean_image, "float32"), self.input_mean.shape))
 
 
 def _code_heads(x, latent_dim, code_activation, variational):
@@ -14,10 +38,13 @@ def _code_heads(x, latent_dim, code_activation, variational):
 
 
 def dense_encoder(input_shape, hidden_units, latent_dim, activation, code_activation=None, variational=False,
-                  name="encoder"):
-    """Flatten, a stack of Dense layers, then the code layer (`code`, or `z_mean` and `z_log_var`)."""
+                  center=False, name="encoder"):
+    """Flatten, optionally subtract the mean training image (InputCentering), a stack of Dense layers, then the
+    code layer (`code`, or `z_mean` and `z_log_var`)."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Flatten(name="flatten")(inputs)
+    if center:
+        x = InputCentering(name="centering")(x)
     for i, units in enumerate(hidden_units):
         x = layers.Dense(units, activation=activation, name="dense_{}".format(i))(x)
     return keras.Model(inputs, _code_heads(x, latent_dim, code_activation, variational), name=name)
