@@ -57,6 +57,31 @@ def test_noise_kinds_have_their_statistics():
         zoo.build("dae", noise="masking", noise_level=1.5)
 
 
+def test_clean_fraction_leaves_whole_images_uncorrupted():
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (400,) + TINY_SHAPE).astype("float32")
+    model = tiny_model("dae", clean_fraction=0.25, seed=1)
+    out = keras.ops.convert_to_numpy(model.corruption(x, training=True))
+    clean = np.all(out == x, axis=(1, 2, 3))
+    assert clean.mean() == pytest.approx(0.25, abs=0.07)
+    assert np.all(np.any(out[~clean] != x[~clean], axis=(1, 2, 3)))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.corruption(x)), x)
+    with pytest.raises(ValueError, match="clean_fraction"):
+        tiny_model("dae", clean_fraction=1.0)
+
+
+def test_evaluation_sets_the_noisy_input_error_beside_the_clean_one():
+    from zoo import training
+
+    x = np.random.default_rng(1).uniform(0, 1, (16,) + TINY_SHAPE).astype("float32")
+    model = tiny_model("dae", seed=0)
+    result, recon, noisy = training.evaluate(model, x)
+    assert result["sq_error_per_image"] == pytest.approx(np.mean(np.sum((recon - x) ** 2, axis=(1, 2, 3))), rel=1e-5)
+    denoised = model.reconstruct(noisy)
+    assert result["denoised_sq_error_per_image"] == pytest.approx(
+        np.mean(np.sum((denoised - x) ** 2, axis=(1, 2, 3))), rel=1e-5)
+    assert result["denoised_bce_per_pixel"] > 0 and "bce_per_pixel" in result
+
+
 def test_dae_target_is_the_clean_input(digits):
     """A DAE on masking noise must learn to fill in: its reconstruction of masked inputs beats the input."""
     keras.utils.set_random_seed(0)

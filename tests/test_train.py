@@ -141,7 +141,8 @@ def test_presets_cover_every_family_and_dataset():
 
 def test_denoising_presets_share_the_architecture_and_recipe_of_their_control():
     # The denoising table compares a denoiser with its control: only the noise may differ between them.
-    from benchmarks.quality import CONTROLS, RECIPE_KEYS
+    from benchmarks.quality import CONTROLS
+    from benchmarks.quality_report import RECIPE_KEYS
 
     noise_only = {"noise", "noise_level"}
     checked = 0

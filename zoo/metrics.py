@@ -10,6 +10,10 @@ UNITS = {
     "noisy_psnr_db": "PSNR of the corrupted input against the clean image, dB",
     "denoised_psnr_db": "PSNR of the model's output on the corrupted input against the clean image, dB",
     "psnr_gain_db": "denoised_psnr_db - noisy_psnr_db, dB",
+    "denoised_sq_error_per_image": "sq_error_per_image of the model's output on the corrupted input (the clean "
+                                   "input's is sq_error_per_image)",
+    "denoised_bce_per_pixel": "bce_per_pixel of the model's output on the corrupted input (the clean input's is "
+                              "bce_per_pixel)",
 }
 _EPS = 1e-7
 
@@ -48,8 +52,15 @@ def reconstruction_metrics(x, x_hat):
 
 
 def denoising_metrics(x, noisy, denoised):
+    """PSNR of the noisy input and of the output on it, and the output's errors in the units of
+    reconstruction_metrics, to set beside those of the clean input: a denoiser should not reconstruct
+    corrupted images better than clean ones."""
+    x = np.asarray(x, np.float64)
+    denoised = np.asarray(denoised, np.float64)
     noisy_psnr, denoised_psnr = psnr_db(x, noisy), psnr_db(x, denoised)
-    return {"noisy_psnr_db": noisy_psnr, "denoised_psnr_db": denoised_psnr, "psnr_gain_db": denoised_psnr - noisy_psnr}
+    return {"noisy_psnr_db": noisy_psnr, "denoised_psnr_db": denoised_psnr, "psnr_gain_db": denoised_psnr - noisy_psnr,
+            "denoised_sq_error_per_image": sq_error_per_image(x, denoised),
+            "denoised_bce_per_pixel": bce_per_pixel(x, denoised)}
 
 
 # --- code health ------------------------------------------------------------------------------------------
