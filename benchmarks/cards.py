@@ -78,7 +78,8 @@ def architecture(preset, model_config=None):
 def throughput_lines(name, throughput):
     if not throughput:
         return ["onnxruntime throughput: {} (run `python -m benchmarks.throughput {}`).".format(MISSING, name)]
-    rows = [r for r in throughput["rows"] if r["model"] == name]
+    every = [r for r in throughput["rows"] if r["model"] == name]
+    rows = [r for r in every if r.get("precision", "fp32") == "fp32"]
     if not rows:
         return ["onnxruntime throughput: {} (run `python -m benchmarks.throughput {}`).".format(MISSING, name)]
     machine = throughput.get("machine", {})
@@ -98,6 +99,16 @@ def throughput_lines(name, throughput):
             cells.append("{:,.0f} ({:.0f} µs{})".format(row["images_per_s"], row["latency_us_p50"],
                                                         "" if ratio is None else "; {:.2f}x TF".format(ratio)))
         lines.append("| {} | {} |".format(part, " | ".join(cells)))
+    for precision in ("int8", "fp16"):
+        variant = [r for r in every if r.get("precision") == precision]
+        if variant:
+            shown = ["{} batch {} {:,.0f} ({:.2f}x TF fp32)".format(r["part"], r["batch_size"], r["images_per_s"],
+                                                                   r["ort_tf_ratio"])
+                     for r in variant if r["batch_size"] in CARD_BATCH_SIZES and r.get("ort_tf_ratio") is not None]
+            if shown:
+                lines += ["", "{} files ({}): {}.".format(precision, "static QDQ, calibrated on training images"
+                                                          if precision == "int8" else "float16 weights",
+                                                          "; ".join(shown))]
     return lines
 
 
@@ -109,6 +120,14 @@ def flops_text(name, throughput):
     return MISSING
 
 
+def _shown_path(path):
+    """`path` relative to the working directory when it is inside it (the repository), else as it is."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
 def release_lines(name, release_dir):
     manifest = _load_json(Path(release_dir) / name / schema.MANIFEST) if release_dir else None
     if not manifest:
@@ -116,7 +135,7 @@ def release_lines(name, release_dir):
                 "runs/{} --out releases/<version>`).".format(name)]
     lines = ["Released files ({}, `{}`; every weight stored once: the Keras model is rebuilt from the ONNX "
              "files):".format(manifest.get("release") or Path(release_dir).name,
-                              (Path(release_dir) / name).as_posix()), "",
+                              _shown_path(Path(release_dir) / name)), "",
              "| file | size | sha256 |", "| --- | ---: | --- |"]
     for f in manifest.get("files", []):
         lines.append("| {} | {:,} B | `{}` |".format(f["file"], f["size"], f["sha256"]))
@@ -188,10 +207,34 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
         lines += ["", health_text(m.get("health"))]
         lines += ["", "Against the classics (same split, same code size):", "",
                   "- Squared error per image {:.2f} vs PCA-{} {:.2f} (ratio {:.2f}).".format(
-                      red["sq_error_per_image"], latent, red["pca_sq_error_per_image"], red["ratio_to_pca"]),
-                  "- Retrieval precision@10: codes {:.3f}, raw pixels {:.3f}, PCA-{} codes {:.3f}.".format(
-                      ret["precision_at_10"], ret["pixels_precision_at_10"], latent, ret["pca_precision_at_10"]),
-                  "- Denoising PSNR, noisy → output: " + "; ".join(
+                      red["sq_error_per_image"], latent, red["pca_sq_error_per_image"], red["ratio_to_pca"])]
+        if "bce_per_image" in red:
+            lines.append("- Summed BCE per image {:.1f} nats vs PCA-{} {:.1f}, mean image {:.1f} (floor for these "
+                         "grey-level images {:.1f}); PSNR {:.2f} dB vs PCA {:.2f} dB.".format(
+                             red["bce_per_image"], latent, red["pca_bce_per_image"], red["mean_image_bce_per_image"],
+                             red["bce_floor_per_image"], red["psnr_db"], red["pca_psnr_db"]))
+        lines += ["- Retrieval precision@10{}: codes {:.3f}, raw pixels {:.3f}, PCA-{} codes {:.3f}.".format(
+                      " against the {} training images".format(ret["database"].split("(")[-1].rstrip(")"))
+                      if "database" in ret else "",
+                      ret["precision_at_10"], ret["pixels_precision_at_10"], latent, ret["pca_precision_at_10"])]
+        probe = quality.get("probe")
+        if probe:
+            def few(kind):
+                f = probe[kind]["few_labels"]
+                return "{:.3f} ± {:.3f}".format(f["mean"], f["std"])
+
+            lines.append("- Linear probe (logistic regression on frozen codes), test accuracy with 550 labels (5 "
+                         "draws, mean ± std): codes {}, pixels {}, PCA {}; with all 60,000 labels: {:.3f}, {:.3f}, "
+                         "{:.3f}.".format(few("codes"), few("pixels"), few("pca"),
+                                          *(probe[k]["all_labels"]["accuracy"] for k in ("codes", "pixels", "pca"))))
+        seeds = quality.get("seeds") or {}
+        if seeds.get("n", 1) > 1:
+            spread = seeds["metrics"]["sq_error_per_image"]
+            lines.append("- Over {} seeds ({}): squared error per image {:.2f} ± {:.2f} (min {:.2f}, max {:.2f}); "
+                         "the figures above are seed {}'s, the released run.".format(
+                             seeds["n"], ", ".join(str(x) for x in seeds["seeds"]), spread["mean"], spread["std"],
+                             spread["min"], spread["max"], quality.get("training", {}).get("seed")))
+        lines += ["- Denoising PSNR, noisy → output: " + "; ".join(
                       "{} {:.1f} → {:.1f} dB".format(d["label"], d["noisy_psnr_db"], d["output_psnr_db"])
                       for d in quality["denoising"]) + ".", ""]
         figures = [(label, Path(results_dir) / "{}_{}.png".format(kind, preset.name))
