@@ -64,9 +64,11 @@ _RECIPES = {
                                 "{latent_dim}-d code",
                     model_config=dict(latent_dim=30, filters=(48, 96)), epochs=40),
     # A denoiser keeps its control's architecture and recipe (tests/test_train.py): only the noise differs.
-    "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3)",
+    "dae": dict(description="deep_ae architecture trained on Gaussian noise (stddev 0.3), half of the images left "
+                            "clean",
                 model_config=dict(latent_dim=30, noise="gaussian", noise_level=0.3), epochs=40),
-    "conv_dae": dict(description="conv_ae architecture ({filters} filters) trained on Gaussian noise (stddev 0.3)",
+    "conv_dae": dict(description="conv_ae architecture ({filters} filters) trained on Gaussian noise (stddev 0.3), "
+                                 "half of the images left clean",
                      model_config=dict(latent_dim=30, filters=(48, 96), noise="gaussian", noise_level=0.3),
                      epochs=40),
     "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 1)",
