@@ -124,6 +124,37 @@ def test_beta_scales_the_kl_term(digits):
     assert terms[4.0] == pytest.approx(4 * terms[1.0], rel=1e-5)
 
 
+def test_kl_warmup_raises_the_kl_weight_linearly_from_zero(digits, tmp_path):
+    keras.utils.set_random_seed(0)
+    x = digits[0][:128]
+    model = tiny_model("vae", kl_warmup_epochs=2, seed=0)
+    kl = train(model, x, epochs=3).history.history["kl_loss"]
+    assert kl[0] == 0 and kl[1] > 0 and kl[2] > 0, kl  # weights 0, 1/2, 1
+    assert float(model.kl_weight.numpy()) == 1.0
+    # Resumed at epoch 1, the schedule comes from the epoch number: the weight is 1/2 again.
+    model.fit(x, batch_size=64, initial_epoch=1, epochs=2, verbose=0)
+    assert float(model.kl_weight.numpy()) == 0.5
+    path = tmp_path / "warm.keras"
+    model.save(path)
+    assert keras.models.load_model(path).get_config() == model.get_config()
+    assert len(tiny_model("vae").weights) == len(model.weights) - 1, "no extra weight when warm-up is off"
+    with pytest.raises(ValueError, match="kl_warmup_epochs"):
+        tiny_model("vae", kl_warmup_epochs=-1)
+
+
+def test_free_bits_floor_each_dimension(digits):
+    x = digits[0][:64]
+    keras.utils.set_random_seed(0)
+    model = tiny_model("conv_vae", free_bits=2.0, seed=0)
+    code = model.encoder(x)
+    per_dim = np.mean(keras.ops.convert_to_numpy(model.kl_per_dimension(code)), axis=0)
+    expected = np.sum(np.maximum(per_dim, 2.0))
+    assert float(model.compute_loss_terms(x)["kl_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx(2.0 * model.latent_dim, rel=0.2)  # an untrained posterior is near the prior
+    with pytest.raises(ValueError, match="free_bits"):
+        tiny_model("vae", free_bits=-1.0)
+
+
 # --- sparse ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", ["kl", "l1"])
 def test_sparsity_penalty_lowers_code_activation(sparsity, digits):
