@@ -168,6 +168,14 @@ def test_sparsity_penalty_lowers_code_activation(sparsity, digits):
     assert activation[3.0] < 0.6 * activation[0.0], activation
 
 
+def test_kl_sparsity_is_on_the_batch_mean_activation_of_each_unit(digits):
+    x = digits[0][:64]
+    model = zoo.build("sparse_ae", input_shape=(8, 8, 1), latent_dim=6, sparsity_weight=2.0, sparsity_target=0.1)
+    rho_hat = np.mean(model.encode(x), axis=0)
+    kl = np.sum(0.1 * np.log(0.1 / rho_hat) + 0.9 * np.log(0.9 / (1 - rho_hat)))
+    assert float(model.compute_loss_terms(x)["sparsity_loss"]) == pytest.approx(2.0 * kl, rel=1e-4)
+
+
 def test_kl_sparsity_needs_sigmoid():
     with pytest.raises(ValueError, match="sigmoid"):
         zoo.build("sparse_ae", activation="relu")

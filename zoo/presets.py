@@ -71,8 +71,11 @@ _RECIPES = {
                                  "half of the images left clean",
                      model_config=dict(latent_dim=30, filters=(48, 96), noise="gaussian", noise_level=0.3),
                      epochs=40),
-    "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 1)",
-                      model_config=dict(latent_dim=64, sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05),
+    # Mean code activation on Fashion-MNIST (target 0.05) at KL weight 1 / 3 / 10, 64 units, squared error: 0.092 /
+    # 0.068 / 0.057 (test error 9.48 / 10.62 / 12.33). BCE needs about 3x the weight (64 units, weight 3: 0.092),
+    # and fewer units more: 20 units, BCE, weight 1 / 3 / 10 / 30: 0.294 / 0.183 / 0.106 / 0.075.
+    "sparse_ae": dict(description="64 sigmoid units, KL sparsity to rho=0.05 (weight 3)",
+                      model_config=dict(latent_dim=64, sparsity="kl", sparsity_weight=3.0, sparsity_target=0.05),
                       epochs=30, learning_rate=2e-3),
     "contractive_ae": dict(description="30 sigmoid units, contractive penalty weight 0.5",
                            model_config=dict(latent_dim=30, contractive_weight=0.5), epochs=30, learning_rate=2e-3),
