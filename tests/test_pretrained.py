@@ -62,6 +62,13 @@ def test_fetch_uses_the_bundled_release_with_no_setting_and_no_network(tmp_path)
     rt = runtime.Runtime(paths["dir"], providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(0, 1, (3, 28, 28, 1)).astype(np.float32)
     assert rt.reconstruct(x).shape == x.shape
+    manifest = schema.Manifest.load(RELEASE / SMALL)
+    for entry in manifest.files:  # the int8 files that passed their accuracy check come along, under their own keys
+        if entry.get("precision", "fp32") != "fp32":
+            key = "{}_{}".format(entry["role"], entry["precision"])
+            assert paths[key].name == entry["file"] and manifest.parity["variants"][entry["precision"]]["passed"]
+            int8 = runtime.Runtime(paths["dir"], precision=entry["precision"])
+            assert np.abs(int8.encode(x) - rt.encode(x)).max() < 0.5
     assert set(weights.list_released()) == set(BUNDLED)
 
 
