@@ -82,8 +82,11 @@ _RECIPES = {
     "semantic_hash": dict(description="784-1000-500-250-{latent_dim} ReLU stack, sigmoid code with noise stddev 4 "
                                       "before it in training (Salakhutdinov & Hinton 2009): {latent_dim}-bit codes",
                           model_config=dict(latent_dim=32, code_noise=4.0), epochs=40),
-    "vae": dict(description="Dense VAE 512-256, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1",
-                model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce"), epochs=40),
+    # KL warm-up over 10 of the 40 epochs, Fashion-MNIST seeds 1337 / 1: active latent dimensions 8 / 9 -> 16 / 16 of
+    # 30, test error 10.07 / 9.91 -> 8.80 / 8.85, validation loss 234.4 / 234.2 -> 233.1 / 233.1.
+    "vae": dict(description="Dense VAE 512-256, {latent_dim}-d Gaussian latent, Bernoulli (BCE) likelihood, beta=1 "
+                            "reached after 10 epochs of KL warm-up",
+                model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce", kl_warmup_epochs=10), epochs=40),
     "conv_vae": dict(description="conv VAE ({filters} filters), {latent_dim}-d Gaussian latent, Bernoulli (BCE) "
                                  "likelihood, beta=1",
                      model_config=dict(latent_dim=30, filters=(32, 64), beta=1.0, reconstruction_loss="bce"),
