@@ -19,7 +19,8 @@ CARD_BATCH_SIZES = (1, 64, 1024)
 # Prose per family: what it is for and what it is not for. Words, not figures.
 USE_AND_LIMITS = {
     "ae": ("Teaching baseline and small non-linear feature extractor.",
-           "A single sigmoid layer saturates; deeper models reconstruct better at the same code size."),
+           "One sigmoid layer: deeper models reconstruct better at the same code size. The encoder subtracts the "
+           "mean training image first (without it, the sigmoid code units saturate during training)."),
     "linear_ae": ("Checking PCA equivalence; a linear projection that can be fine-tuned or exported like the others.",
                   "It learns PCA's subspace, not its orthogonal axes: code dimensions are mixed and unordered."),
     "deep_ae": ("Dimensionality reduction and compact codes for retrieval (Hinton & Salakhutdinov 2006).",

@@ -79,7 +79,7 @@ def test_apply_overrides_returns_a_new_preset_and_what_changed():
 @pytest.mark.parametrize("overrides, message", [
     ({"latnt_dim": 3}, "Unknown key 'latnt_dim' for preset dae_mnist. Did you mean: latent_dim?"),
     ({"epoch": 3}, "Did you mean: epochs?"),
-    ({"filters": [8, 16]}, "model (dae) activation, decoder_units, hidden_units, latent_dim, noise"),
+    ({"filters": [8, 16]}, "model (dae) activation, clean_fraction, decoder_units, hidden_units, latent_dim, noise"),
     ({"input_shape": [32, 32, 3]}, "input_shape is fixed by the dataset (mnist images are 28x28x1)"),
     ({"latent_dim": "abc"}, 'latent_dim expects an integer, e.g. 30; got "abc".'),
     ({"latent_dim": 3.0}, "latent_dim expects an integer"),
