@@ -106,7 +106,7 @@ def load_arrays(bundle_dir, weights_map):
         if list(value.shape) != v["shape"]:
             raise PretrainedError("{}: variable {} should have shape {}, the bundle gives {}.".format(
                 bundle_dir / schema.KERAS_WEIGHTS, v["path"], v["shape"], list(value.shape)))
-        arrays.append(np.ascontiguousarray(value))
+        arrays.append(np.array(value, order="C"))  # not ascontiguousarray: it turns a scalar into shape (1,)
     return arrays
 
 
