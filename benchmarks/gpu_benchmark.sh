@@ -9,7 +9,7 @@
 #    (model.weights.h5, for the JAX baseline) into benchmarks/gpu_inputs/models/<preset>/. Default: the runs/*_fashion_mnist exports
 #    whose preset the bundled release (releases/<version>/, tracked, so it travels anyway) does not hold.
 #    WHEELS=1 also downloads keras 3.15.1, namex and optree for Python ${WHEEL_PYTHON:-3.12} into
-#    benchmarks/gpu_inputs/wheels/. ORT_GPU_WHEEL=path/to/onnxruntime_gpu-*.whl splits that wheel into PIECE_MB (default 9) MB pieces: the tracked tree (56 MB with the bundled release) leaves about 10 MB of the 64 MiB a call carries
+#    benchmarks/gpu_inputs/wheels/. ORT_GPU_WHEEL=path/to/onnxruntime_gpu-*.whl splits that wheel into PIECE_MB (default 6) MB pieces: the tracked tree (60 MB with the bundled release) leaves about 7 MB of the 64 MiB a call carries
 #    (benchmarks/gpu_inputs/pieces/, with its sha256) for machines whose carry cannot take it whole.
 # 2. On the GPU machine, from the repository root (carry benchmarks/gpu_inputs, and .whl if you have one):
 #      bash benchmarks/gpu_benchmark.sh --stage      # only when the wheel comes in pieces: once per call that
@@ -83,7 +83,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
         mkdir -p "$INPUTS/pieces"
         rm -f "$INPUTS"/pieces/*
         wheel=$(basename "$ORT_GPU_WHEEL")
-        split -b "${PIECE_MB:-9}m" -d "$ORT_GPU_WHEEL" "$INPUTS/pieces/$wheel.part-"
+        split -b "${PIECE_MB:-6}m" -d "$ORT_GPU_WHEEL" "$INPUTS/pieces/$wheel.part-"
         (cd "$(dirname "$ORT_GPU_WHEEL")" && sha256sum "$wheel") > "$INPUTS/pieces/$wheel.sha256"
         echo "split $wheel into $(ls "$INPUTS"/pieces/*.part-* | wc -l) pieces in $INPUTS/pieces/"
     fi
