@@ -47,16 +47,7 @@ class PrecisionError(ExportError):
     """An unknown precision was asked for, or a variant cannot be made."""
 
 
-def parse_precisions(precisions):
-    """("fp32", ...) from "fp32,int8" or a sequence; fp32 is always made (it is the reference)."""
-    if isinstance(precisions, str):
-        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    precisions = tuple(dict.fromkeys(precisions or ()))
-    unknown = [p for p in precisions if p not in schema.PRECISIONS]
-    if unknown:
-        raise PrecisionError("Unknown precision(s) {}; choose from {} (comma-separated).".format(
-            ", ".join(unknown), ", ".join(schema.PRECISIONS)))
-    return ("fp32",) + tuple(p for p in precisions if p != "fp32")
+parse_precisions = schema.parse_precisions  # one definition, shared with export.release
 
 
 # --- the data ----------------------------------------------------------------------------------------

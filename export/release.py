@@ -99,18 +99,6 @@ def _load_keras(run_dir):
         raise ReleaseError("Cannot load {}: {}".format(run_dir / schema.MODEL, exc)) from None
 
 
-def parse_precisions(precisions):
-    """("fp32", ...) from "fp32,int8" or a sequence (zoo.schema.PRECISIONS; fp32 always ships)."""
-    if isinstance(precisions, str):
-        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    precisions = tuple(dict.fromkeys(precisions or ()))
-    unknown = [p for p in precisions if p not in schema.PRECISIONS]
-    if unknown:
-        raise ReleaseError("Unknown precision(s) {}; choose from {} (comma-separated).".format(
-            ", ".join(unknown), ", ".join(schema.PRECISIONS)))
-    return ("fp32",) + tuple(p for p in precisions if p != "fp32")
-
-
 def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, reexport=False, verbose=1,
                 release_name=None, precisions=("fp32",)):
     """Write the bundle of one run dir (or preset name) to OUT/<preset>/; returns that folder.
@@ -121,7 +109,7 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
     """
     from zoo import pretrained
 
-    precisions = parse_precisions(precisions)
+    precisions = schema.parse_precisions(precisions)
     run_dir = layout.resolve_run_dir(run_dir)
     config = _run_config(run_dir)
     preset = config.preset
@@ -241,7 +229,7 @@ def release(run_dirs, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSET, 
     """Bundle every run dir into OUT/<preset>/ and refresh OUT/index.json; returns {preset: folder}."""
     if not run_dirs:
         raise ReleaseError("Name at least one run dir (or preset) to release.")
-    precisions = parse_precisions(precisions)
+    precisions = schema.parse_precisions(precisions)
     seen = {}
     for run_dir in run_dirs:
         path = layout.resolve_run_dir(run_dir)

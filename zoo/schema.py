@@ -45,6 +45,18 @@ NORMALIZATION = "float32 in [0, 1], NHWC"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def parse_precisions(precisions):
+    """("fp32", ...) from "fp32,int8" or a sequence of PRECISIONS; fp32 always comes first (it is the reference)."""
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    precisions = tuple(dict.fromkeys(precisions or ()))
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise SchemaError("Unknown precision(s) {}; choose from {} (comma-separated).".format(
+            ", ".join(unknown), ", ".join(PRECISIONS)))
+    return ("fp32",) + tuple(p for p in precisions if p != "fp32")
+
+
 def onnx_file(part, precision="fp32"):
     """The file name of `part` ("encoder", "decoder", "autoencoder") at `precision`."""
     if precision not in PRECISIONS:
