@@ -40,6 +40,15 @@ USE_AND_LIMITS = {
             "variance, and sampling is done by the caller: z = z_mean + exp(z_log_var / 2) * eps."),
     "conv_vae": ("Generating images with a convolutional VAE.",
                  "Same limits as vae."),
+    "stacked_ae": ("The deep autoencoder trained as Hinton & Salakhutdinov 2006 did: each layer pretrained on its own, "
+                   "then the whole stack fine-tuned; deep_ae (no pretraining) is its control.",
+                   "The layer-wise stage adds training time; with Adam and ReLU it is not needed to train the stack, "
+                   "so compare with deep_ae before relying on a gain."),
+    "vq_vae": ("Discrete codes: compression to a few bytes per image (the `indices` output), and tokens for a "
+               "second-stage prior model (van den Oord et al. 2017).",
+               "No prior is trained, so it does not generate images by itself; the code is quantised, so nearby "
+               "images can share one code exactly. The tokens come from a Dense code layer, not the paper's "
+               "spatial grid."),
 }
 
 

@@ -130,6 +130,9 @@ def _health_cell(r):
     h = r.get("health")
     if not h:
         return None
+    if "codebook_size" in h:
+        return "{} of {} codebook entries used (perplexity {:.1f})".format(h["codebook_used"], h["codebook_size"],
+                                                                         h["perplexity"])
     if "active_dimensions" in h:
         return "{} of {} latent dimensions active".format(h["active_dimensions"], h["units"])
     return "{} of {} units dead or saturated".format(h["dead_or_saturated"], h["units"])

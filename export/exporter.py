@@ -84,7 +84,7 @@ def load_run(run_dir):
 
 
 def encoder_output_names(model):
-    return ("z_mean", "z_log_var") if getattr(model, "variational", False) else ("latent",)
+    return tuple(getattr(model, "encoder_outputs", ("latent",)))
 
 
 def input_specs(model):

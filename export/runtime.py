@@ -582,6 +582,17 @@ class Runtime:
         outputs = self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)
         return outputs[names.index("z_mean") if "z_mean" in names else 0]
 
+    def encode_indices(self, images, batch_size=256):
+        """A VQ-VAE's discrete code: the codebook entry of each token (batch, tokens), int32. decode() takes the
+        quantised code that encode() gives for the same images."""
+        session = self._session("encoder", "encode")
+        names = [o.name for o in session.get_outputs()]
+        if "indices" not in names:
+            raise InferenceError("{} has no discrete code ({}: encoder outputs {}); only a VQ-VAE has indices. Use "
+                                 "encode().".format(self.path, self.family, ", ".join(names)))
+        outputs = self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)
+        return outputs[names.index("indices")]
+
     def decode(self, latents, batch_size=256):
         """Images (batch, H, W, C) in [0, 1] decoded from codes (batch, latent_dim)."""
         return self._run("decoder", "decode", check_latents(latents, self.latent_dim), batch_size)[0]

@@ -72,7 +72,7 @@ def test_export_every_family_to_both_formats_with_parity(family, exports):
     assert checked == {(f, b) for f in ("encoder.onnx", "decoder.onnx", "autoencoder.onnx") for b in (1, 64)}
 
     variational = family in ("vae", "conv_vae")
-    code = ["z_mean", "z_log_var"] if variational else ["latent"]
+    code = list(zoo.registry.get_class(family).encoder_outputs)  # (latent, indices) for a VQ-VAE
     expected = {"encoder": (["image"], code), "decoder": (["latent"], ["reconstruction"]),
                 "autoencoder": (["image"], ["reconstruction"])}
     for role, (inputs, outputs) in expected.items():

@@ -232,3 +232,70 @@ def test_linear_ae_reaches_pca(digits):
     model.fit(x_train, batch_size=150, epochs=250, verbose=0)
     ae_err = np.mean(np.sum((model.reconstruct(x_test) - x_test) ** 2, axis=(1, 2, 3)))
     assert ae_err <= 1.03 * pca_err, (ae_err, pca_err)
+
+
+# --- VQ-VAE ----------------------------------------------------------------------------------------
+def test_vq_codes_are_codebook_entries_and_indices_decode_like_the_code(digits):
+    keras.utils.set_random_seed(5)
+    model = train(tiny_model("vq_vae", embedding_dim=2, num_embeddings=16), digits[0], epochs=2)
+    latent, indices = model.encode_with_indices(digits[1][:50])
+    assert indices.shape == (50, model.tokens) == (50, 2) and indices.dtype == np.int32
+    assert indices.min() >= 0 and indices.max() < 16
+    codebook = keras.ops.convert_to_numpy(model.quantizer.codebook)
+    np.testing.assert_array_equal(latent, codebook[indices].reshape(50, -1))  # the code is made of entries
+    z_e = keras.ops.convert_to_numpy(model.pre_quantization()(digits[1][:50]))
+    nearest = np.argmin(((z_e.reshape(-1, 1, 2) - codebook[None]) ** 2).sum(-1), axis=1).reshape(50, 2)
+    np.testing.assert_array_equal(indices, nearest)
+    np.testing.assert_allclose(model.decode_indices(indices), model.reconstruct(digits[1][:50]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"integers in \[0, 16\)"):
+        model.decode_indices(indices + 16)
+
+
+def test_vq_losses_and_straight_through_gradient(digits):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(6)
+    model = tiny_model("vq_vae", embedding_dim=2, num_embeddings=8, beta=0.5)
+    x = digits[0][:32]
+    z_e = keras.ops.convert_to_numpy(model.pre_quantization()(x))
+    latent = model.encode(x)
+    terms = model.compute_loss_terms(x)
+    expected = np.mean(np.sum((z_e - latent) ** 2, axis=1))
+    assert float(terms["codebook_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(terms["commitment_loss"]) == pytest.approx(0.5 * expected, rel=1e-5)
+    # The reconstruction error alone reaches the encoder's layers (straight-through) but not the codebook.
+    with tf.GradientTape() as tape:
+        loss = model.reconstruction_error(x, model(x, training=True))
+    code_kernel = model.encoder.get_layer("code").kernel
+    grads = tape.gradient(loss, [code_kernel, model.quantizer.codebook])
+    assert grads[0] is not None and float(tf.reduce_sum(tf.abs(grads[0]))) > 0
+    assert grads[1] is None or float(tf.reduce_sum(tf.abs(grads[1]))) == 0
+
+
+def test_vq_training_uses_the_codebook(digits):
+    keras.utils.set_random_seed(7)
+    model = tiny_model("vq_vae", latent_dim=8, embedding_dim=2, num_embeddings=16, hidden_units=(64, 32))
+    before = model.compute_loss_terms(digits[1])
+    train(model, digits[0], epochs=15)
+    after = model.compute_loss_terms(digits[1])
+    assert float(after["reconstruction_loss"]) < 0.8 * float(before["reconstruction_loss"])
+    from zoo import metrics
+
+    health = metrics.model_code_health(model, digits[1])
+    assert health["codebook_used"] >= 8 and health["perplexity"] > 4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(latent_dim=6, embedding_dim=4), "multiple of embedding_dim"),
+    (dict(num_embeddings=1), "at least 2"),
+    (dict(trunk="rnn"), "trunk must be one of"),
+])
+def test_vq_bad_arguments_say_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        zoo.build("vq_vae", input_shape=TINY_SHAPE, **kwargs)
+
+
+def test_vq_conv_trunk(digits):
+    model = train(tiny_model("vq_vae", trunk="conv", embedding_dim=2), digits[0][:128], epochs=1)
+    assert model.encode_indices(digits[1][:4]).shape == (4, 2)
+    assert model.decoder.get_layer("up_0") is not None

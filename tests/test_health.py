@@ -67,8 +67,23 @@ def test_every_family_has_a_code_health(name):
     x = np.random.default_rng(3).uniform(0, 1, (40,) + TINY_SHAPE).astype("float32")
     health = metrics.model_code_health(model, x)
     assert health["units"] == model.latent_dim and health["images"] == 40
-    assert health["code"] == ("gaussian" if name.endswith("vae") else model.code_kind)
-    assert ("active_dimensions" in health) == name.endswith("vae")
+    variational = getattr(model, "variational", False)
+    assert health["code"] == ("gaussian" if variational else model.code_kind)
+    assert ("active_dimensions" in health) == variational
+    assert ("codebook_used" in health) == (model.code_kind == "vq")
+    assert metrics.health_line(health)
+
+
+def test_codebook_health_counts_the_entries_tokens_use():
+    latents = np.zeros((4, 6))
+    indices = np.array([[0, 1, 1], [0, 1, 1], [0, 1, 1], [0, 1, 1]])  # entries 0 and 1 of 8, used 1:2
+    health = metrics.code_health((latents, indices, 8), "vq")
+    assert health["codebook_size"] == 8 and health["codebook_used"] == 2
+    assert health["perplexity"] == pytest.approx(np.exp(-(1 / 3 * np.log(1 / 3) + 2 / 3 * np.log(2 / 3))), abs=0.01)
+    assert metrics.unusable_units(health) == 6
+    assert "2 of 8 codebook entries" in metrics.health_warning(health)
+    even = metrics.code_health((latents, np.arange(12).reshape(4, 3) % 8, 8), "vq")
+    assert even["codebook_used"] == 8 and metrics.health_warning(even) is None
 
 
 # --- input centering ------------------------------------------------------------------------------------
@@ -92,8 +107,17 @@ def test_models_saved_before_centering_load_without_it():
     old = {k: v for k, v in model.get_config().items() if k != "center_inputs"}  # aezoo 0.2's config
     rebuilt = zoo.get_class("ae").from_config(old)
     assert rebuilt.center_inputs is False and len(rebuilt.weights) == len(model.weights) - 1
-    assert zoo.get_class("sparse_ae").from_config(
-        {k: v for k, v in tiny_model("sparse_ae").get_config().items() if k != "center_inputs"}).center_inputs is False
+    for family in ("sparse_ae", "semantic_hash"):
+        config = {k: v for k, v in tiny_model(family).get_config().items() if k != "center_inputs"}
+        assert zoo.get_class(family).from_config(config).center_inputs is False
+
+
+def test_semantic_hash_centres_its_input():
+    model = tiny_model("semantic_hash")
+    images = np.random.default_rng(5).uniform(0, 1, (20,) + TINY_SHAPE).astype("float32")
+    assert model.center_inputs and model.adapt(images) == ["centering"]
+    np.testing.assert_allclose(model.encoder.get_layer("centering").input_mean.numpy(),
+                               images.reshape(20, -1).mean(axis=0), atol=1e-6)
 
 
 # --- in training ------------------------------------------------------------------------------------------

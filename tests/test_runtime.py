@@ -442,3 +442,19 @@ def test_cuda_graph_mode_binds_once_and_pads_to_the_fixed_batch(runs, fake_cuda)
         assert rt.describe()["cuda_graph_batch"] == 4
     with pytest.raises(InferenceError, match="cuda_graph_batch must be a positive integer; got 0"):
         Runtime(runs["dae"] / "export", device="cuda", cuda_graph_batch=0)
+
+
+def test_vq_vae_indices_from_the_exported_encoder(runs, images, tmp_path):
+    import keras
+
+    run = export_tiny_run(tmp_path, "vq_vae")
+    rt = _runtime(run / "export")
+    model = keras.models.load_model(run / "model.keras")
+    latent, indices = model.encode_with_indices(images)
+    got = rt.encode_indices(images)
+    assert got.dtype == np.int32 and got.shape == indices.shape
+    np.testing.assert_array_equal(got, indices)
+    np.testing.assert_allclose(rt.encode(images), latent, atol=1e-5)
+    np.testing.assert_allclose(rt.decode(rt.encode(images)), model.decode_indices(indices), atol=1e-5)
+    with pytest.raises(InferenceError, match="only a VQ-VAE has indices"):
+        _runtime(runs["dae"] / "export").encode_indices(images)

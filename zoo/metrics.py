@@ -87,6 +87,10 @@ HEALTH_UNITS = {
     "active_dimensions": "latent dimensions with Var_x(E[z|x]) > {:g}, the activity of Burda et al. 2016 (IWAE, "
                          "section 5.2), over the posterior means".format(ACTIVE_VARIANCE),
     "kl_nats_per_dimension": "KL(q(z_j|x) || N(0, 1)) in nats, mean over the codes, per latent dimension",
+    "codebook_size": "entries in a VQ-VAE's codebook",
+    "codebook_used": "codebook entries chosen by at least one token of the codes",
+    "perplexity": "exp of the entropy of the codebook entries' frequencies over all tokens: the number of "
+                  "equally used entries with the same entropy (van den Oord et al. 2017)",
 }
 
 
@@ -97,6 +101,8 @@ def code_health(codes, kind):
     variational latent, whose `codes` are then the posterior means or the pair (z_mean, z_log_var). Returns a
     dict of counts (see HEALTH_UNITS): `dead` and `saturated` units for a deterministic code, `active_dimensions`
     for a Gaussian one."""
+    if kind == "vq":
+        return _codebook_health(*codes)
     log_var = None
     if kind == "gaussian" and isinstance(codes, (tuple, list)):
         codes, log_var = codes
@@ -119,8 +125,24 @@ def code_health(codes, kind):
     return health
 
 
+def _codebook_health(latents, indices, codebook_size):
+    """A VQ-VAE's code health: how many of its codebook entries the tokens use, and how evenly."""
+    indices = np.asarray(indices).reshape(-1)
+    latents = np.asarray(latents)
+    if latents.ndim != 2 or not len(latents):
+        raise ValueError("codes must be a non-empty (images, units) array; got shape {}".format(latents.shape))
+    counts = np.bincount(indices, minlength=int(codebook_size))
+    frequency = counts[counts > 0] / counts.sum()
+    return {"code": "vq", "units": int(latents.shape[1]), "images": int(latents.shape[0]),
+            "codebook_size": int(codebook_size), "codebook_used": int(np.sum(counts > 0)),
+            "perplexity": round(float(np.exp(-np.sum(frequency * np.log(frequency)))), 2)}
+
+
 def unusable_units(health):
-    """Units a health record counts as carrying (almost) no information: dead or saturated, or inactive."""
+    """Units a health record counts as carrying (almost) no information: dead or saturated, or inactive; for a
+    VQ-VAE, the codebook entries no token uses."""
+    if "codebook_size" in health:
+        return health["codebook_size"] - health["codebook_used"]
     if "active_dimensions" in health:
         return health["units"] - health["active_dimensions"]
     return health["dead_or_saturated"]
@@ -128,6 +150,9 @@ def unusable_units(health):
 
 def health_line(health):
     """One sentence for logs and model cards."""
+    if "codebook_size" in health:
+        return "Codebook: {} of {} entries used, perplexity {:.1f}".format(
+            health["codebook_used"], health["codebook_size"], health["perplexity"])
     if "active_dimensions" in health:
         return "VAE active dimensions: {} of {}".format(health["active_dimensions"], health["units"])
     return "Code health: {} of {} units dead or saturated ({} dead, {} saturated)".format(
@@ -137,8 +162,12 @@ def health_line(health):
 def health_warning(health):
     """The warning text when more than HEALTH_WARNING_FRACTION of the code is unusable, else None."""
     bad = unusable_units(health)
-    if bad <= HEALTH_WARNING_FRACTION * health["units"]:
+    if bad <= HEALTH_WARNING_FRACTION * health.get("codebook_size", health["units"]):
         return None
+    if "codebook_size" in health:
+        return "only {} of {} codebook entries are used (perplexity {:.1f}): the discrete code carries less than " \
+               "its size suggests; try a smaller num_embeddings".format(
+                   health["codebook_used"], health["codebook_size"], health["perplexity"])
     if "active_dimensions" in health:
         return "only {} of {} latent dimensions are active (posterior collapse in the others; try kl_warmup_epochs " \
                "or free_bits)".format(health["active_dimensions"], health["units"])
@@ -150,5 +179,7 @@ def model_code_health(model, images, limit=HEALTH_IMAGES):
     """code_health of `model` (a zoo Autoencoder) on the first `limit` of `images` (float in [0, 1])."""
     images = images[:limit]
     kind = model.code_kind
+    if kind == "vq":
+        return code_health(model.encode_with_indices(images) + (model.num_embeddings,), kind)
     codes = model.encode_distribution(images) if kind == "gaussian" else model.encode(images)
     return code_health(codes, kind)

@@ -22,6 +22,7 @@ from zoo.train import (BACKUP_DIR, COMPLETE, FLAGS, LEGACY_PARTIAL_HISTORY, RUN_
                        _check_out, _clear_old_run, history_csv, timing)
 
 EVAL_SEED = 2024  # noise for the denoising metrics is drawn the same way for every run
+PRETRAINING = "pretraining.json"  # in the checkpoint folder: the pretraining records, for a resumed run
 
 
 class TrainingDiverged(ZooError):
@@ -336,6 +337,17 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
         print("{} {}: {} ({} train / {} val / {} test images from {})".format(
             "Resuming after epoch {} of".format(first_epoch) if resumed else "Training", preset.name,
             preset.description, splits.num_train, splits.num_val, splits.num_test, splits.source), flush=True)
+    # Greedy layer-wise pretraining (stacked_ae), before the first epoch only: a resumed run's checkpoint restored
+    # the model's `pretrained` flag with the weights, and the records kept beside it.
+    pretraining, records_file = None, out / BACKUP_DIR / PRETRAINING
+    if first_epoch == 0 and getattr(model, "needs_pretraining", False):
+        with placement.scope():
+            pretraining = model.pretrain(
+                lambda stage: splits.train(0, model.pretrain_epochs, placement.batch_multiple, placement.shard),
+                steps_per_epoch=splits.steps_per_epoch, verbose=verbose, shuffle=False)
+        fileio.write_json(records_file, pretraining)
+    elif records_file.is_file():
+        pretraining = json.loads(records_file.read_text())
 
     nan_guard = _StopOnNaN()
     saver = checkpoint.Checkpoint(out / BACKUP_DIR, state)
@@ -374,7 +386,7 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
         training={**preset.recipe(), "global_batch_size": preset.batch_size, "strategy": placement.name,
                   "replicas": placement.replicas, "per_replica_batch_size": preset.batch_size / placement.replicas,
                   "backend": keras.backend.backend(), "reconstruction_loss": model.reconstruction_loss,
-                  "resumed": resumed},
+                  "resumed": resumed, **({"pretraining": pretraining} if pretraining is not None else {})},
         input_shape=list(model.image_shape), latent_dim=model.latent_dim, versions=library_versions(),
         overrides=changed,
     ).save(out)

@@ -8,9 +8,12 @@ from zoo.models.dae import ConvDenoisingAE, Corruption, DenoisingAE, apply_noise
 from zoo.models.deep_ae import DeepAE
 from zoo.models.semantic_hash import SemanticHash
 from zoo.models.sparse_ae import SparseAE
+from zoo.models.stacked_ae import StackedAE
 from zoo.models.vae import VAE, ConvVAE, Sampler
+from zoo.models.vq_vae import VQVAE, VectorQuantizer
 
 __all__ = [
     "AE", "Autoencoder", "ContractiveAE", "ConvAE", "ConvDenoisingAE", "ConvVAE", "Corruption", "DeepAE",
-    "DenoisingAE", "LinearAE", "Sampler", "SemanticHash", "SparseAE", "VAE", "apply_noise", "reconstruction_error",
+    "DenoisingAE", "LinearAE", "Sampler", "SemanticHash", "SparseAE", "StackedAE", "VAE", "VQVAE", "VectorQuantizer",
+    "apply_noise", "reconstruction_error",
 ]

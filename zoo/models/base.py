@@ -99,6 +99,9 @@ class Autoencoder(keras.Model):
 
     #: Names of the loss terms besides `reconstruction_loss`; each is logged on its own.
     regularizer_terms = ()
+    #: Names of the encoder's outputs, in order; the exported encoder has the same. The decoder reads the first,
+    #: unless a sampler makes one code of them all (z_mean, z_log_var).
+    encoder_outputs = ("latent",)
     #: Return each log with shape (1,) instead of a scalar. Keras 3 reduces logs across workers with
     #: strategy.reduce("MEAN", v, axis=0), which fails on scalars under tf.distribute's
     #: MultiWorkerMirroredStrategy ("Invalid reduction dimension 0", tensorflow/tensorflow#72388); zoo.training
@@ -116,11 +119,13 @@ class Autoencoder(keras.Model):
         inputs = keras.Input(shape=input_shape, name="image")
         x = corruption(inputs) if corruption is not None else inputs
         code = encoder(x)
-        if self.regularizer_terms:
+        if type(self).regularizers is not Autoencoder.regularizers:
             terms = _RegularizerTerms(lambda x, c, training: self.regularizers(x, c, training), name="regularizers")
             code = terms([inputs, code])
         if sampler is not None:
             code = sampler(code)
+        elif len(self.encoder_outputs) > 1:
+            code = code[0]  # the other outputs (a VQ-VAE's code indices) are not decoded
         outputs = decoder(code)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
@@ -135,6 +140,12 @@ class Autoencoder(keras.Model):
         self._trackers = [keras.metrics.Mean(name=name)
                           for name in ("loss", "reconstruction_loss") + tuple(self.regularizer_terms)]
         self._scale = _ScaleForReplicas()
+
+    def _decoder_input(self, code, training=False):
+        """What the decoder reads of the encoder's outputs: the sampler's draw, or the first output."""
+        if self.sampler is not None:
+            return self.sampler(code, training=training)
+        return code[0] if len(self.encoder_outputs) > 1 else code
 
     # --- the common API -------------------------------------------------------------------
     def encode(self, images, batch_size=256):
@@ -195,8 +206,7 @@ class Autoencoder(keras.Model):
         """{term name: scalar}; the training loss is their sum. The target is always the clean x."""
         x_in = self.corruption(x, training=training) if self.corruption is not None else x
         code = self.encoder(x_in, training=training)
-        z = self.sampler(code, training=training) if self.sampler is not None else code
-        x_hat = self.decoder(z, training=training)
+        x_hat = self.decoder(self._decoder_input(code, training), training=training)
         terms = {"reconstruction_loss": self.reconstruction_error(x, x_hat)}
         terms.update(self.regularizers(x, code, training))
         return terms

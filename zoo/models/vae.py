@@ -57,6 +57,7 @@ class _Variational:
 
     variational = True
     regularizer_terms = ("kl_loss",)
+    encoder_outputs = ("z_mean", "z_log_var")
 
     def __init__(self, beta=1.0, kl_warmup_epochs=0, free_bits=0.0, seed=None, **kwargs):
         if not (isinstance(kl_warmup_epochs, int) and kl_warmup_epochs >= 0):
