@@ -44,10 +44,13 @@ for preset in $PRESETS; do
   done
 done
 RUN_DIRS=$(for p in $PRESETS; do printf 'runs/%s ' "$p"; done)
-# The release aezoo ships (zoo.weights and zoo.from_preset read it by default): releases/v<major.minor>/.
+# The release aezoo ships (zoo.weights and zoo.from_preset read it by default): releases/v<major.minor>/. It holds the
+# presets it held before (RELEASED), which keeps it under 60 MB: the repository travels to GPU machines in 64 MiB.
 RELEASE=releases/v$($PY -c 'import zoo; print(".".join(zoo.__version__.split(".")[:2]))')
+RELEASED=${RELEASED:-$($PY -c 'from zoo import weights; print(" ".join(weights.list_released()))' 2>/dev/null || true)}
+RELEASE_DIRS=$(for p in ${RELEASED:-$PRESETS}; do [ -d "runs/$p" ] && printf 'runs/%s ' "$p"; done)
 # shellcheck disable=SC2086
-$PY -m export.release $RUN_DIRS --out "$RELEASE" --quiet
+$PY -m export.release $RELEASE_DIRS --out "$RELEASE" --precision fp32,int8 --quiet
 du -sh "$RELEASE"   # keep it under 60 MB
 # Every preset's run, its seed runs and its latent-20 runs: about 25 s a run dir and 4 min for the pixel baselines
 # (kNN and probe) on 2 cores.

@@ -35,7 +35,8 @@ TRUNKS = ("dense", "conv")
 class VectorQuantizer(layers.Layer):
     """z_e (batch, tokens * embedding_dim) -> [z_q with a straight-through gradient, indices (batch, tokens)].
 
-    Adds the codebook and commitment losses (in that order) with add_loss on every call."""
+    Adds the codebook and commitment losses (in that order) with add_loss on every call. Outside training z_q is
+    exactly made of codebook entries."""
 
     def __init__(self, num_embeddings, embedding_dim, beta=0.25, **kwargs):
         super().__init__(**kwargs)
@@ -63,18 +64,20 @@ class VectorQuantizer(layers.Layer):
         commitment_loss = self.beta * ops.mean(ops.sum(ops.square(z_e - ops.stop_gradient(z_q)), axis=-1))
         return z_q, ops.reshape(indices, (-1, z_e.shape[-1] // self.embedding_dim)), codebook_loss, commitment_loss
 
-    def call(self, z_e):
+    def call(self, z_e, training=False):
         z_q, indices, codebook_loss, commitment_loss = self.nearest(z_e)
         self.add_loss(codebook_loss)
         self.add_loss(commitment_loss)
-        return [z_e + ops.stop_gradient(z_q - z_e), indices]
+        if training:  # the value of z_q, the gradient of z_e (in float arithmetic, z_q to within rounding)
+            z_q = z_e + ops.stop_gradient(z_q - z_e)
+        return [z_q, indices]
 
     def lookup(self, indices):
         """The quantised code (batch, tokens * embedding_dim) of codebook indices (batch, tokens)."""
         z_q = ops.take(self.codebook, ops.reshape(ops.cast(indices, "int32"), (-1,)), axis=0)
         return ops.reshape(z_q, (-1, indices.shape[-1] * self.embedding_dim))
 
-    def compute_output_spec(self, z_e):
+    def compute_output_spec(self, z_e, training=False):
         tokens = z_e.shape[-1] // self.embedding_dim
         return [keras.KerasTensor(z_e.shape, dtype="float32"), keras.KerasTensor((z_e.shape[0], tokens), dtype="int32")]
 
