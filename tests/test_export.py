@@ -20,12 +20,7 @@ FAMILIES = zoo.list_models()
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test reads the user's tfds data or the network."""
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,10 @@ from export import exporter, release, runtime
 from tests.helpers import export_tiny_run, write_idx_dir
 from zoo import checkpoint, fileio, train, weights
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("offline")]  # offline: tests/conftest.py
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "ae_mnist"
 TF_STARTUP = re.compile(r"[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\]|WARNING: All log messages before absl")
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -122,10 +122,7 @@ def test_semantic_hash_centres_its_input():
 
 # --- in training ------------------------------------------------------------------------------------------
 @pytest.fixture
-def idx_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+def idx_dir(tmp_path, offline):
     return write_idx_dir(tmp_path / "idx", n_train=300, n_test=64)
 
 

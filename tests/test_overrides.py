@@ -13,11 +13,7 @@ from zoo import presets, schema, train, training
 from zoo.errors import ZooError
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 @pytest.fixture

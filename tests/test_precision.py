@@ -14,12 +14,7 @@ from zoo import fileio, schema
 LOOSE = {"fp16": {"sq_error_rel": 1.0, "precision_at_10": 1.0}, "int8": {"sq_error_rel": 1.0, "precision_at_10": 1.0}}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No test reads the user's tfds data or the network."""
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -147,10 +147,7 @@ def test_seed_summary_mean_std_min_max():
 
 
 @pytest.fixture
-def trained_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+def trained_runs(tmp_path, offline):
     idx_dir = write_idx_dir(tmp_path / "idx", n_train=300, n_test=60)
     runs = tmp_path / "runs"
     for preset in ("dae_mnist", "vae_mnist"):

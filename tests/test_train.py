@@ -15,11 +15,7 @@ from tests.helpers import write_idx_dir
 RUN_FILES = {"model.keras", "config.json", "history.csv", "metrics.json", "reconstructions.png"}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setenv("ZOO_OFFLINE", "1")
-    monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py
 
 
 @pytest.fixture
