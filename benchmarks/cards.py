@@ -256,18 +256,32 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
     lines += search_lines(preset.name, search) + [""]
     lines += throughput_lines(preset.name, throughput) + [""]
     lines += release_lines(preset.name, release_dir) + [""]
-    lines += ["Intended use: {} Known limits: {}".format(use, limits), "",
-              "How to get and run it:", "", "```python",
-              "import zoo",
-              "model = zoo.from_preset(\"{}\")                 # Keras, released weights (sha256-checked)".format(
-                  preset.name),
-              "from export.runtime import Runtime",
-              "codes = Runtime.from_preset(\"{}\").encode(images)  # numpy + onnxruntime only".format(preset.name),
-              "```", "", "```bash",
-              "python -m zoo.weights fetch {} --format onnx   # the bundled release; --source or ZOO_WEIGHTS_URL for "
-              "a mirror".format(preset.name),
-              "python -m zoo.train {}                         # or train it yourself".format(preset.name),
-              "```", ""]
+    lines += ["Intended use: {} Known limits: {}".format(use, limits), "", "How to get and run it:", ""]
+    released = bool(release_dir and (Path(release_dir) / preset.name / schema.MANIFEST).is_file())
+    if released:
+        lines += ["```python",
+                  "import zoo",
+                  "model = zoo.from_preset(\"{}\")                 # Keras, released weights (sha256-checked)".format(
+                      preset.name),
+                  "from export.runtime import Runtime",
+                  "codes = Runtime.from_preset(\"{}\").encode(images)  # numpy + onnxruntime only".format(
+                      preset.name),
+                  "```", "", "```bash",
+                  "python -m zoo.weights fetch {} --format onnx   # the bundled release; --source or ZOO_WEIGHTS_URL "
+                  "for a mirror".format(preset.name),
+                  "python -m zoo.train {}                         # or train it yourself".format(preset.name),
+                  "```", ""]
+    else:  # no weights to fetch: say how to make them
+        lines += ["```bash",
+                  "python -m zoo.train {}          # no released weights: train it (runs/{}/)".format(
+                      preset.name, preset.name),
+                  "python -m export runs/{}        # SavedModel and ONNX, with the parity check".format(preset.name),
+                  "```", "", "```python",
+                  "import keras, zoo",
+                  "model = keras.models.load_model(\"runs/{}/model.keras\")".format(preset.name),
+                  "from export.runtime import Runtime",
+                  "codes = Runtime(\"runs/{}/export\").encode(images)  # numpy + onnxruntime only".format(preset.name),
+                  "```", ""]
     return lines
 
 

@@ -283,5 +283,9 @@ def test_cards_refuse_to_invent_missing_figures(tmp_path):
     assert "sq_error_per_image |" not in section and "PCA-30" not in section
     assert "Released files: none in this release" in section
     assert "Preset recipe (not trained here): 40 epochs" in section
+    # No weights to fetch: the card says how to train and export them instead of offering from_preset.
+    assert "zoo.from_preset" not in section and "zoo.weights fetch" not in section
+    assert "python -m zoo.train conv_ae_fashion_mnist" in section and "python -m export runs/conv_ae_fashion_mnist" \
+        in section
     empty = cards.render(tmp_path / "nothing", tmp_path / "nodist")
     assert "Measured presets: none" in empty and "images/s (p50" not in empty
