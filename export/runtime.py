@@ -575,23 +575,27 @@ class Runtime:
                                       batch_size)
         return z_mean, z_log_var
 
+    def _encoder_output(self, images, name, batch_size):
+        """The encoder's output `name` for `images`; None: the code (z_mean for a VAE, else the first output)."""
+        have = [o.name for o in self._session("encoder", "encode").get_outputs()]
+        if name is None:
+            found = have.index("z_mean") if "z_mean" in have else 0
+        elif name in have:
+            found = have.index(name)
+        else:
+            raise InferenceError("{} ({}) has no encoder output {!r}: it has {}.{}".format(
+                self.path, self.family, name, ", ".join(have),
+                " Only a VQ-VAE has indices; use encode()." if name == "indices" else ""))
+        return self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)[found]
+
     def encode(self, images, batch_size=256):
         """Codes (batch, latent_dim) of float32 NHWC images in [0, 1]; the posterior mean for a VAE."""
-        session = self._session("encoder", "encode")
-        names = [o.name for o in session.get_outputs()]
-        outputs = self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)
-        return outputs[names.index("z_mean") if "z_mean" in names else 0]
+        return self._encoder_output(images, None, batch_size)
 
     def encode_indices(self, images, batch_size=256):
         """A VQ-VAE's discrete code: the codebook entry of each token (batch, tokens), int32. decode() takes the
         quantised code that encode() gives for the same images."""
-        session = self._session("encoder", "encode")
-        names = [o.name for o in session.get_outputs()]
-        if "indices" not in names:
-            raise InferenceError("{} has no discrete code ({}: encoder outputs {}); only a VQ-VAE has indices. Use "
-                                 "encode().".format(self.path, self.family, ", ".join(names)))
-        outputs = self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)
-        return outputs[names.index("indices")]
+        return self._encoder_output(images, "indices", batch_size)
 
     def decode(self, latents, batch_size=256):
         """Images (batch, H, W, C) in [0, 1] decoded from codes (batch, latent_dim)."""

@@ -82,6 +82,14 @@ class _ScaleForReplicas(keras.losses.Loss):
         return y_pred
 
 
+def _decoder_input(code, sampler, encoder_outputs, training=False):
+    """What the decoder reads of the encoder's outputs: the sampler's draw, or the first output (the others, such as
+    a VQ-VAE's code indices, are not decoded)."""
+    if sampler is not None:
+        return sampler(code, training=training)
+    return code[0] if len(encoder_outputs) > 1 else code
+
+
 def _as_batch(x):
     if isinstance(x, (list, tuple)):
         x = np.asarray(x, dtype="float32")
@@ -122,11 +130,7 @@ class Autoencoder(keras.Model):
         if type(self).regularizers is not Autoencoder.regularizers:
             terms = _RegularizerTerms(lambda x, c, training: self.regularizers(x, c, training), name="regularizers")
             code = terms([inputs, code])
-        if sampler is not None:
-            code = sampler(code)
-        elif len(self.encoder_outputs) > 1:
-            code = code[0]  # the other outputs (a VQ-VAE's code indices) are not decoded
-        outputs = decoder(code)
+        outputs = decoder(_decoder_input(code, sampler, self.encoder_outputs))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Attributes ===
@@ -140,12 +144,6 @@ class Autoencoder(keras.Model):
         self._trackers = [keras.metrics.Mean(name=name)
                           for name in ("loss", "reconstruction_loss") + tuple(self.regularizer_terms)]
         self._scale = _ScaleForReplicas()
-
-    def _decoder_input(self, code, training=False):
-        """What the decoder reads of the encoder's outputs: the sampler's draw, or the first output."""
-        if self.sampler is not None:
-            return self.sampler(code, training=training)
-        return code[0] if len(self.encoder_outputs) > 1 else code
 
     # --- the common API -------------------------------------------------------------------
     def encode(self, images, batch_size=256):
@@ -206,7 +204,7 @@ class Autoencoder(keras.Model):
         """{term name: scalar}; the training loss is their sum. The target is always the clean x."""
         x_in = self.corruption(x, training=training) if self.corruption is not None else x
         code = self.encoder(x_in, training=training)
-        x_hat = self.decoder(self._decoder_input(code, training), training=training)
+        x_hat = self.decoder(_decoder_input(code, self.sampler, self.encoder_outputs, training), training=training)
         terms = {"reconstruction_loss": self.reconstruction_error(x, x_hat)}
         terms.update(self.regularizers(x, code, training))
         return terms
