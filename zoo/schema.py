@@ -29,6 +29,7 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 FIGURE = "reconstructions.png"
 BACKUP_DIR = ".backup"  # checkpoints of the run in progress (zoo.checkpoint)
+PRETRAINING = "pretraining.json"  # in BACKUP_DIR: a stacked_ae's layer-wise pretraining records, for a resumed run
 EXPORT_DIR = "export"  # RUN/export/, the default place of the export dir
 RUN_FILES = (METRICS, MODEL, CONFIG, HISTORY, FIGURE)
 

@@ -22,7 +22,6 @@ from zoo.train import (BACKUP_DIR, COMPLETE, FLAGS, LEGACY_PARTIAL_HISTORY, RUN_
                        _check_out, _clear_old_run, history_csv, timing)
 
 EVAL_SEED = 2024  # noise for the denoising metrics is drawn the same way for every run
-PRETRAINING = "pretraining.json"  # in the checkpoint folder: the pretraining records, for a resumed run
 
 
 class TrainingDiverged(ZooError):
@@ -339,7 +338,7 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
             preset.description, splits.num_train, splits.num_val, splits.num_test, splits.source), flush=True)
     # Greedy layer-wise pretraining (stacked_ae), before the first epoch only: a resumed run's checkpoint restored
     # the model's `pretrained` flag with the weights, and the records kept beside it.
-    pretraining, records_file = None, out / BACKUP_DIR / PRETRAINING
+    pretraining, records_file = None, out / BACKUP_DIR / schema.PRETRAINING
     if first_epoch == 0 and getattr(model, "needs_pretraining", False):
         with placement.scope():
             pretraining = model.pretrain(

@@ -82,6 +82,11 @@ class _ScaleForReplicas(keras.losses.Loss):
         return y_pred
 
 
+def as_vector_logs(logs):
+    """Each log with shape (1,) instead of a scalar, for Autoencoder.vector_logs (tf.distribute multi-worker)."""
+    return {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+
+
 def _decoder_input(code, sampler, encoder_outputs, training=False):
     """What the decoder reads of the encoder's outputs: the sampler's draw, or the first output (the others, such as
     a VQ-VAE's code indices, are not decoded)."""
@@ -233,7 +238,7 @@ class Autoencoder(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
-        return {k: ops.reshape(v, (1,)) for k, v in logs.items()} if self.vector_logs else logs
+        return as_vector_logs(logs) if self.vector_logs else logs
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self):

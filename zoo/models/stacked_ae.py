@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from zoo.errors import ZooError
-from zoo.models.base import _ScaleForReplicas, reconstruction_error
+from zoo.models.base import _ScaleForReplicas, as_vector_logs, reconstruction_error
 from zoo.models.deep_ae import DeepAE
 from zoo.registry import register
 
@@ -56,7 +56,7 @@ class _Stage(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
-        return {k: ops.reshape(v, (1,)) for k, v in logs.items()} if self.vector_logs else logs
+        return as_vector_logs(logs) if self.vector_logs else logs
 
 
 @register("stacked_ae", "Stacked autoencoder: deep_ae's stack, greedy layer-wise pretraining, then fine-tuning.")

@@ -18,8 +18,6 @@ layer on top of a Dense stack (`trunk="dense"`) or of conv_ae's strided convolut
 the code is a flat vector of `latent_dim` values like every other family's, comparable at the same size.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import layers, ops
@@ -141,11 +139,6 @@ class VQVAE(Autoencoder):
     @property
     def code_kind(self):
         return "vq"
-
-    @property
-    def bits_per_image(self):
-        """Size of the discrete code: tokens x log2(codebook size)."""
-        return self.tokens * math.log2(self.num_embeddings)
 
     def pre_quantization(self):
         """image -> z_e, a keras.Model over the encoder's own layers (built on each call, not tracked)."""
