@@ -195,6 +195,42 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(idx_dir):
     assert batches == [64, 64, 52] * 2  # every epoch ends with its own partial batch
 
 
+def _sources(batches, images):
+    """For each yielded image, (index of the training image it came from, whether it is mirrored)."""
+    originals = images.reshape(len(images), -1)
+    mirrors = images[:, :, ::-1].reshape(len(images), -1)
+    found = []
+    for row in np.concatenate([np.asarray(b) for b in batches]).reshape(-1, originals.shape[1]):
+        row = np.round(row * 255)
+        plain, flipped = np.flatnonzero((originals == row).all(1)), np.flatnonzero((mirrors == row).all(1))
+        assert len(plain) + len(flipped) == 1, "each image is one training image, as it is or mirrored"
+        found.append((int(plain[0]), False) if len(plain) else (int(flipped[0]), True))
+    return found
+
+
+@pytest.mark.parametrize("pipeline", ["tf.data", "PyDataset"])
+def test_hflip_mirrors_about_half_of_each_epoch_reproducibly(idx_dir, pipeline):
+    splits = data.load("mnist", batch_size=64, seed=7, data_dir=idx_dir)
+    images = splits.fit_images.astype(np.float64)
+
+    def epoch(e, augment="hflip", seed=7):
+        if pipeline == "tf.data":
+            splits_ = data.load("mnist", batch_size=64, seed=seed, data_dir=idx_dir)
+            return _sources(splits_.train(e, e + 1, augment=augment), images)
+        batches = data._Batches(splits.fit_images, 64, seed=seed, first_epoch=e, augment=augment)
+        return _sources([batches[i] for i in range(len(batches))], images)
+
+    first, second = epoch(0), epoch(1)
+    assert sorted(i for i, _ in first) == list(range(180))  # still every image once an epoch
+    assert 50 < sum(m for _, m in first) < 130 and 50 < sum(m for _, m in second) < 130
+    assert dict(first) != dict(second)  # drawn afresh each epoch...
+    assert epoch(1) == second  # ...from (seed, epoch) alone, so a resumed run sees the same images
+    assert dict(epoch(0, seed=8)) != dict(first)
+    assert not any(m for _, m in epoch(0, augment="none"))
+    with pytest.raises(ValueError, match="augment must be one of none, hflip"):
+        splits.train(0, 1, augment="vflip")
+
+
 def test_limit(idx_dir):
     splits = data.load("mnist", batch_size=16, seed=0, data_dir=idx_dir, limit=50)
     # Validation keeps at least 32 images, here capped by the 20 available.

@@ -91,6 +91,7 @@ def test_apply_overrides_returns_a_new_preset_and_what_changed():
     ({"learning_rate": 0}, "learning_rate must be a positive finite number"),
     ({"learning_rate": float("inf")}, "learning_rate must be a positive finite number"),
     ({"seed": -1}, "seed must be between 0 and 4294967295"),
+    ({"augment": "flip"}, "augment must be one of none, hflip; got 'flip'. Did you mean: hflip?"),
     ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
     ({"optimizer": "adan"}, "optimizer must be one of adam, adamw, sgd, rmsprop; got 'adan'. Did you mean: adam"),
     ({"schedule": "cosin"}, "schedule must be one of cosine, constant; got 'cosin'. Did you mean: cosine?"),
@@ -181,17 +182,24 @@ def test_bad_overrides_are_one_line_and_create_nothing(extra, message, idx_dir, 
     assert not out.exists() and not (tmp_path / schema.RUNS_DIR).exists()
 
 
-def test_set_is_recorded_in_the_run_dir(idx_dir, tmp_path):
+def test_set_is_recorded_in_the_run_dir(idx_dir, tmp_path, monkeypatch):
+    from zoo import data
+
+    augments, train_batches = [], data.Splits.train
+    monkeypatch.setattr(data.Splits, "train", lambda self, *a, **k: augments.append(k.get("augment")) or
+                        train_batches(self, *a, **k))
     out = tmp_path / "run"
     assert train.main(argv("ae_mnist", idx_dir, out, "--set", "latent_dim=3", "--set", "optimizer=sgd",
-                           "--set", "schedule=constant", "--set", "seed=1337")) == 0
+                           "--set", "schedule=constant", "--set", "seed=1337", "--set", "augment=hflip")) == 0
+    assert augments == ["hflip"]  # the training pipeline mirrors images
     config = schema.RunConfig.load(out)
     assert config.model_config["latent_dim"] == 3 and config.latent_dim == 3
     t = config.training
-    assert (t["optimizer"], t["schedule"], t["weight_decay"], t["epochs"], t["limit"]) == ("sgd", "constant", 0.0, 1,
-                                                                                          128)
-    assert config.overrides == {"latent_dim": 3, "optimizer": "sgd", "schedule": "constant", "epochs": 1,
-                                "limit": 128}
+    assert (t["optimizer"], t["schedule"], t["weight_decay"], t["augment"], t["epochs"], t["limit"]) == (
+        "sgd", "constant", 0.0, "hflip", 1, 128)
+    assert config.overrides == {"latent_dim": 3, "optimizer": "sgd", "schedule": "constant", "augment": "hflip",
+                                "epochs": 1, "limit": 128}
+    assert "hflip augmentation" in config.recipe_text()
     assert "(changed: latent_dim=3)" in config.description
     assert config.format_version == schema.FORMAT_VERSION
     model = keras.models.load_model(out / schema.MODEL)

@@ -6,7 +6,7 @@ import difflib
 import json
 import math
 
-from zoo.data import DATASETS
+from zoo.data import AUGMENTS, DATASETS
 from zoo.errors import ZooError, unknown_name
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")  # keras.optimizers.get names
@@ -29,6 +29,7 @@ class Preset:
     optimizer: str = "adam"
     schedule: str = "cosine"
     weight_decay: float = 0.0  # decoupled (AdamW's); Keras applies it with the other optimizers too when > 0
+    augment: str = "none"  # zoo.data.AUGMENTS: none, or hflip (clothes and scenes, not digits)
     limit: int = None  # only the first N training images (smoke runs); None: all of them
 
     @property
@@ -43,7 +44,8 @@ class Preset:
         return {key: getattr(self, key) for key in RECIPE_FIELDS}
 
 
-RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "seed", "optimizer", "schedule", "weight_decay", "limit")
+RECIPE_FIELDS = ("epochs", "batch_size", "learning_rate", "seed", "optimizer", "schedule", "weight_decay", "augment",
+                 "limit")
 _FIELDS = {f.name: f for f in dataclasses.fields(Preset)}
 # Constructor arguments that are not the user's to set: the dataset fixes the input shape, the recipe's seed
 # seeds the model's draws, and a name changes nothing that is trained.
@@ -272,7 +274,7 @@ def _check_range(key, label, value):
         raise ZooError("{} must be a finite number >= 0, e.g. 0.004; got {}.".format(label, value))
     if key == "seed" and not 0 <= value <= MAX_SEED:
         raise ZooError("{} must be between 0 and {}; got {}.".format(label, MAX_SEED, value))
-    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS}.get(key)
     if choices and value.lower() not in choices:
         close = difflib.get_close_matches(value.lower(), choices, n=3, cutoff=0.5)
         raise ZooError("{} must be one of {}; got {!r}.{}".format(

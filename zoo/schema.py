@@ -176,6 +176,8 @@ def recipe_text(training, model_config=None, overrides=None):
         t.get("reconstruction_loss") or model_config.get("reconstruction_loss", "mse"), t.get("seed"))
     if t.get("weight_decay"):
         text += ", weight decay {}".format(t["weight_decay"])
+    if t.get("augment", "none") != "none":
+        text += ", {} augmentation".format(t["augment"])
     if t.get("limit"):
         text += ", first {:,} training images only".format(t["limit"])
     if overrides:

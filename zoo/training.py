@@ -342,7 +342,8 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
     if first_epoch == 0 and getattr(model, "needs_pretraining", False):
         with placement.scope():
             pretraining = model.pretrain(
-                lambda stage: splits.train(0, model.pretrain_epochs, placement.batch_multiple, placement.shard),
+                lambda stage: splits.train(0, model.pretrain_epochs, placement.batch_multiple, placement.shard,
+                                             augment=preset.augment),
                 steps_per_epoch=splits.steps_per_epoch, verbose=verbose, shuffle=False)
         fileio.write_json(records_file, pretraining)
     elif records_file.is_file():
@@ -353,7 +354,8 @@ def _train_locked(preset, changed, model, splits, out, placement, data_dir, verb
     progress = [_EpochLine(preset.epochs)] if verbose == 2 else []  # a log file: one line per epoch
     if first_epoch < preset.epochs:  # a run killed after its last epoch goes straight to the evaluation
         with placement.scope():
-            model.fit(splits.train(first_epoch, preset.epochs, placement.batch_multiple, placement.shard),
+            model.fit(splits.train(first_epoch, preset.epochs, placement.batch_multiple, placement.shard,
+                                   augment=preset.augment),
                       steps_per_epoch=splits.steps_per_epoch, initial_epoch=first_epoch, epochs=preset.epochs,
                       validation_data=splits.validation(placement.batch_multiple, placement.shard),
                       verbose=1 if verbose == 1 else 0, shuffle=False,
