@@ -30,13 +30,18 @@ METHODS = {
     "fp16": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True): float16 weights and "
             "compute, float32 inputs and outputs",
     "int8": "onnxruntime.quantization.quant_pre_process, then quantize_static: QDQ, per-channel QInt8 weights, "
-            "QUInt8 activations, MinMax calibration; the weight layers that write the code or the reconstruction, "
-            "and the one that reads the code, compute in float32 from weights stored as int8 times a per-channel "
-            "scale",
+            "QUInt8 activations, MinMax calibration. Two extents, the first that passes the tolerance is kept: "
+            "'full': every weight layer computes in int8, and only the tensors a graph output is made from (the code, "
+            "the reconstruction's logits) stay float, never rounded to 8 bits; 'inner': the weight layers that write "
+            "the code or the reconstruction, and the one that reads the code, compute in float32 from weights "
+            "stored as int8 times a per-channel scale",
 }
-#: Layers with weights. In int8 files the ones next to a code or the reconstruction compute in float (from
-#: 8-bit weights): with 8-bit activations there too, deep_ae_fashion_mnist's sq. error per image grew 3.2%
-#: (0.8% this way) and its codes moved by up to 2.2 (0.27 this way); calibrating by percentiles did not help.
+#: The int8 extents, tried in this order (make_variants keeps the first within the tolerance). 'inner' exists
+#: because 8-bit activations next to a code cost accuracy: with the logits and the code rounded to 8 bits too,
+#: deep_ae_fashion_mnist's sq. error per image grew 3.0%; with them float ('full', as now) 1.0%, and with the
+#: boundary layers float ('inner') 0.6%. Calibrating by percentiles did not help.
+INT8_EXTENTS = ("full", "inner")
+#: Layers with weights.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: The files that get variants: the ones a release ships (autoencoder.onnx is encoder then decoder).
 PARTS = ("encoder", "decoder")
@@ -131,8 +136,9 @@ def fp16_model(proto):
 
 
 def float_layers(proto, code_input=False):
-    """Names of the nodes an int8 file keeps in float: on each path back from a graph output, the nodes up to
-    and including the first weight layer; with `code_input`, the first weight layer on each path from the input."""
+    """Names of the nodes an int8 file keeps in float ('inner' extent): on each path back from a graph output,
+    the nodes up to and including the first weight layer; with `code_input`, the first weight layer on each path
+    from the input."""
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
     keep, stack = [], [o.name for o in graph.output]
@@ -155,13 +161,76 @@ def float_layers(proto, code_input=False):
     return keep
 
 
-def int8_model(proto, input_name, calibration, batch_size=64):
+def output_tail(proto):
+    """Names of the nodes after the last weight layers ('full' extent keeps them float): on each path back from
+    a graph output, the nodes before the first weight layer (a sigmoid, a reshape, a nearest-entry search)."""
+    nodes = {node.name: node for node in proto.graph.node}
+    return [name for name in float_layers(proto) if nodes[name].op_type not in WEIGHT_OPS]
+
+
+def float_outputs(proto):
+    """Remove each QuantizeLinear -> DequantizeLinear pair on the output of a weight layer whose value reaches no
+    other weight layer (it writes the code or the logits): that layer's integer kernel then writes float32
+    (onnxruntime fuses DQ -> Gemm/MatMul/Conv into QGemm/MatMulIntegerToFloat/... with a float output), and the
+    value is never rounded to 8 bits. Returns the number of pairs removed."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def reaches_weight_layer(name, seen):
+        for node in readers.get(name, []):
+            if node.op_type in WEIGHT_OPS:
+                return True
+            if node.name not in seen:
+                seen.add(node.name)
+                if any(reaches_weight_layer(o, seen) for o in node.output):
+                    return True
+        return False
+
+    removed = []
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        source = producer.get(q.input[0])
+        dqs = readers.get(q.output[0], [])
+        if source is None or source.op_type not in WEIGHT_OPS or q.output[0] in outputs \
+                or not all(d.op_type == "DequantizeLinear" for d in dqs):
+            continue
+        if any(reaches_weight_layer(d.output[0], set()) for d in dqs):
+            continue
+        value = q.input[0]
+        for dq in dqs:
+            if dq.output[0] in outputs:  # the graph output keeps its name: the weight layer writes it
+                source.output[list(source.output).index(value)] = dq.output[0]
+                for node in readers.get(value, []):
+                    node.input[:] = [dq.output[0] if i == value else i for i in node.input]
+                value = dq.output[0]
+        for dq in dqs:
+            for node in readers.get(dq.output[0], []):
+                node.input[:] = [value if i == dq.output[0] else i for i in node.input]
+        removed += [q, *dqs]
+    for node in removed:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    return len(removed) // 2 if removed else 0
+
+
+def int8_model(proto, input_name, calibration, batch_size=64, extent="full"):
     """Static int8 in QDQ form (what the CPU provider runs as integer kernels), calibrated on `calibration`,
-    the float32 arrays the graph's input takes; the layers next to a code or the reconstruction stay float
+    the float32 arrays the graph's input takes, to `extent` (INT8_EXTENTS): 'full' keeps only the tensors graph
+    outputs are made from float (float_outputs), 'inner' also the layers next to a code or the reconstruction
     (float_layers)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if extent not in INT8_EXTENTS:
+        raise PrecisionError("Unknown int8 extent {!r}; choose {}.".format(extent, ", ".join(INT8_EXTENTS)))
 
     class Feeds(CalibrationDataReader):
         def __init__(self):
@@ -175,12 +244,17 @@ def int8_model(proto, input_name, calibration, batch_size=64):
         work = Path(work)
         onnx.save_model(proto, str(work / "fp32.onnx"))
         quant_pre_process(str(work / "fp32.onnx"), str(work / "pre.onnx"), skip_symbolic_shape=True)
-        exclude = float_layers(onnx.load(str(work / "pre.onnx")), code_input=input_name == LATENT_INPUT)
+        pre = onnx.load(str(work / "pre.onnx"))
+        exclude = output_tail(pre) if extent == "full" else float_layers(pre, code_input=input_name == LATENT_INPUT)
         quantize_static(str(work / "pre.onnx"), str(work / "int8.onnx"), Feeds(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
         quantized = onnx.load(str(work / "int8.onnx"))
-    int8_weights(quantized, exclude)
+    if extent == "full":
+        float_outputs(quantized)
+    else:
+        int8_weights(quantized, exclude)
+    optimize.topological_sort(quantized.graph)
     return _with_metadata(quantized, proto, "int8")
 
 
@@ -322,9 +396,9 @@ def _provider(precision):
     return "CPUExecutionProvider"
 
 
-def variant_models(precision, fp32, calibration, layout):
-    """{part: ModelProto} at `precision` from the float32 {part: ModelProto}; int8 calibrates the encoder on
-    `calibration` (NHWC images) and the decoder on the float32 encoder's codes of them."""
+def variant_models(precision, fp32, calibration, layout, extent="full"):
+    """{part: ModelProto} at `precision` from the float32 {part: ModelProto}; int8 (to `extent`) calibrates the
+    encoder on `calibration` (NHWC images) and the decoder on the float32 encoder's codes of them."""
     if precision == "fp16":
         return {part: fp16_model(model) for part, model in fp32.items()}
     images = optimize.to_layout(calibration, layout)
@@ -332,9 +406,9 @@ def variant_models(precision, fp32, calibration, layout):
     for part, model in fp32.items():
         if part == "decoder":
             codes = _code(_run(_session(fp32["encoder"], "CPUExecutionProvider"), images))
-            models[part] = int8_model(model, LATENT_INPUT, codes)
+            models[part] = int8_model(model, LATENT_INPUT, codes, extent=extent)
         else:
-            models[part] = int8_model(model, IMAGE_INPUT, images)
+            models[part] = int8_model(model, IMAGE_INPUT, images, extent=extent)
     return models
 
 
@@ -343,8 +417,9 @@ def variant_models(precision, fp32, calibration, layout):
 
 def make_variants(export_dir, precisions, data, layout, tolerances=None, say=print):
     """Write the variants of the encoder and decoder in `export_dir`, measure each precision against the float32
-    files, and delete the files of a precision that misses its tolerance. Returns parity.json's `variants`:
-    {precision: report}; `kept` says whether its files stay."""
+    files, and delete the files of a precision that misses its tolerance. int8 tries INT8_EXTENTS in order and
+    keeps the first within the tolerance (`extent`; `attempts` lists each try). Returns parity.json's
+    `variants`: {precision: report}; `kept` says whether its files stay."""
     export_dir = Path(export_dir)
     tolerances = dict(TOLERANCES, **(tolerances or {}))
     parts = [part for part in PARTS if (export_dir / schema.onnx_file(part)).is_file()]
@@ -360,42 +435,63 @@ def make_variants(export_dir, precisions, data, layout, tolerances=None, say=pri
                                               "test": data.sources["test"], "database": data.sources["database"]}}
         if precision == "int8":
             report["calibration"] = data.sources["calibration"]
+            report["attempts"] = []
         reports[precision] = report
-        written = []
-        try:
-            models = variant_models(precision, fp32, data.calibration, layout)
-            for part, model in models.items():
-                onnx.checker.check_model(model, full_check=True)
-                path = export_dir / schema.onnx_file(part, precision)
-                with fileio.atomic_path(path) as tmp:
-                    onnx.save_model(model, str(tmp))
-                written.append(path)
-            provider = report["evaluation"]["provider"]
-            if provider not in references:
-                references[provider] = _Measure(fp32, data, layout, provider)
-            measured = _Measure(models, data, layout, provider)
-        except Exception as exc:  # a converter, quantizer or provider that cannot handle this graph
-            lines = str(exc).strip().splitlines()
-            report["error"] = "{}: {}".format(type(exc).__name__, lines[0][:500] if lines else "")
-            say("  {}: not made ({})".format(precision, report["error"]))
-            _remove(written)
-            continue
-        figures, failures = judge(references[provider], measured, tolerance)
-        report.update(figures)
-        report["failures"] = failures
-        report["passed"] = not failures
-        if failures:
-            _remove(written)
-        else:
-            report["kept"] = True
-            report["files"] = {part: path.name for part, path in zip(parts, written)}
-            report["sizes"] = {path.name: path.stat().st_size for path in written}
-        say("  {}: {} (sq. error per image {:+.3%}{}{})".format(
-            precision, "kept" if report["kept"] else "NOT kept", figures["sq_error_per_image"]["relative_change"] or 0,
-            "" if figures["precision_at_10"] is None else ", precision@10 {:+.4f}".format(
-                figures["precision_at_10"]["change"]),
-            "; " + "; ".join(failures) if failures else ""))
+        for extent in INT8_EXTENTS if precision == "int8" else (None,):
+            if _attempt(precision, extent, fp32, parts, export_dir, data, layout, tolerance, references, report,
+                        say):
+                break
     return reports
+
+
+def _attempt(precision, extent, fp32, parts, export_dir, data, layout, tolerance, references, report, say):
+    """Make, write and measure one variant (int8 to `extent`); keep its files if within `tolerance`. True if
+    kept."""
+    label = precision if extent is None else "{} ({} extent)".format(precision, extent)
+    written = []
+    try:
+        models = variant_models(precision, fp32, data.calibration, layout, **({} if extent is None else
+                                                                              {"extent": extent}))
+        for part, model in models.items():
+            onnx.checker.check_model(model, full_check=True)
+            path = export_dir / schema.onnx_file(part, precision)
+            with fileio.atomic_path(path) as tmp:
+                onnx.save_model(model, str(tmp))
+            written.append(path)
+        provider = report["evaluation"]["provider"]
+        if provider not in references:
+            references[provider] = _Measure(fp32, data, layout, provider)
+        measured = _Measure(models, data, layout, provider)
+    except Exception as exc:  # a converter, quantizer or provider that cannot handle this graph
+        lines = str(exc).strip().splitlines()
+        error = "{}: {}".format(type(exc).__name__, lines[0][:500] if lines else "")
+        if extent is not None:
+            report["attempts"].append({"extent": extent, "error": error})
+        report["error"] = error
+        say("  {}: not made ({})".format(label, error))
+        _remove(written)
+        return False
+    figures, failures = judge(references[provider], measured, tolerance)
+    if extent is not None:
+        report["attempts"].append({"extent": extent, "sq_error_per_image": figures["sq_error_per_image"],
+                                   "precision_at_10": figures["precision_at_10"], "failures": failures})
+        report["extent"] = extent
+    report.pop("error", None)
+    report.update(figures)
+    report["failures"] = failures
+    report["passed"] = not failures
+    if failures:
+        _remove(written)
+    else:
+        report["kept"] = True
+        report["files"] = {part: path.name for part, path in zip(parts, written)}
+        report["sizes"] = {path.name: path.stat().st_size for path in written}
+    say("  {}: {} (sq. error per image {:+.3%}{}{})".format(
+        label, "kept" if report["kept"] else "NOT kept", figures["sq_error_per_image"]["relative_change"] or 0,
+        "" if figures["precision_at_10"] is None else ", precision@10 {:+.4f}".format(
+            figures["precision_at_10"]["change"]),
+        "; " + "; ".join(failures) if failures else ""))
+    return report["kept"]
 
 
 def _remove(paths):

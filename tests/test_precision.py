@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from export import exporter, precision, release, runtime
@@ -179,20 +180,74 @@ def test_precision_at_k_counts_neighbours_with_the_query_label():
     assert precision.precision_at_k(queries[:1], np.array([0]), database, labels, k=3) == pytest.approx(2 / 3)
 
 
-def test_int8_keeps_the_layers_next_to_codes_and_pixels_float(runs, tmp_path):
-    """The layers that write or read the code and write the reconstruction compute in float32 from int8-stored
-    weights; the others run as QDQ int8."""
+def _quantized_tensors(model):
+    return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def _int8_weights(model):
+    return [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+
+
+def test_int8_full_extent_computes_every_layer_in_int8_and_keeps_codes_and_pixels_float(runs, tmp_path):
+    """The first extent tried: every dense layer runs as QDQ int8, but the values the outputs are made from (the
+    code, the logits) are never rounded to 8 bits, and the layer that writes them writes float32."""
     result = _export(runs("deep_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    report = result.parity["variants"]["int8"]
+    assert report["extent"] == "full" and [a["extent"] for a in report["attempts"]] == ["full"]
+    assert "'full'" in report["method"]
+    for part in ("encoder", "decoder"):
+        model = onnx.load(str(result.out / schema.onnx_file(part, "int8")))
+        assert len(_int8_weights(model)) == 3  # the tiny deep_ae's three dense layers, all QDQ
+        assert not [n for n in model.graph.node if n.op_type == "Cast"]  # no float-computing layer
+        producer = {o: n for n in model.graph.node for o in n.output}
+        last = producer["latent" if part == "encoder" else "reconstruction"]
+        while last.op_type not in precision.WEIGHT_OPS:  # back through the sigmoid and reshape
+            last = producer[last.input[0]]
+        assert not set(last.output) & _quantized_tensors(model)  # the code and the logits stay float
+        assert all(producer[i].op_type == "DequantizeLinear" for i in last.input[:2])  # its inputs are 8-bit
+        fused = ort.SessionOptions()
+        fused.optimized_model_filepath = str(tmp_path / "{}.optimized.onnx".format(part))
+        ort.InferenceSession(str(result.out / schema.onnx_file(part, "int8")), fused,
+                             providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(fused.optimized_model_filepath).graph.node]
+        assert ops.count("QGemm") == 3 and "Gemm" not in ops and "DequantizeLinear" not in ops, ops
+
+
+def test_int8_falls_back_to_float_boundary_layers_when_full_misses(runs, tmp_path, monkeypatch):
+    """When full int8 misses the tolerance, the 'inner' extent is tried: the layers that write or read the code
+    and write the reconstruction compute in float32 from int8-stored weights; the others run as QDQ int8."""
+    judge, calls = precision.judge, []
+
+    def full_misses(reference, measured, tolerance):
+        figures, failures = judge(reference, measured, tolerance)
+        calls.append(None)
+        return figures, failures + (["made to miss"] if len(calls) == 1 else [])
+
+    monkeypatch.setattr(precision, "judge", full_misses)
+    result = _export(runs("deep_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    report = result.parity["variants"]["int8"]
+    assert report["kept"] and report["extent"] == "inner"
+    assert [(a["extent"], a["failures"]) for a in report["attempts"]] == [("full", ["made to miss"]), ("inner", [])]
     for part in ("encoder", "decoder"):
         model = onnx.load(str(result.out / schema.onnx_file(part, "int8")))
         initializers = {t.name: t for t in model.graph.initializer}
         floats = [t for t in initializers.values() if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
                   and min(t.dims) > 1]  # a weight-only layer's per-channel scale is (1, channels)
         assert not floats, [t.name for t in floats]  # every weight matrix is stored in 8 bits
-        int8 = [t for t in initializers.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
-        assert len(int8) == 3  # the tiny deep_ae's three dense layers
+        assert len(_int8_weights(model)) == 3
         weight_only = [n for n in model.graph.node if n.op_type == "Cast"]
         assert len(weight_only) == (1 if part == "encoder" else 2)
+
+
+def test_int8_that_misses_at_every_extent_records_each_try(runs, tmp_path):
+    strict = {"int8": {"sq_error_rel": 0.0, "precision_at_10": 0.0}}
+    report = _export(runs("deep_ae"), tmp_path / "x", precisions="int8",
+                     variant_tolerances=strict).parity["variants"]["int8"]
+    assert not report["kept"] and report["extent"] == "inner"
+    assert [a["extent"] for a in report["attempts"]] == list(precision.INT8_EXTENTS)
+    assert all(a["failures"] for a in report["attempts"])
+    with pytest.raises(precision.PrecisionError, match="Unknown int8 extent 'half'; choose full, inner"):
+        precision.int8_model(None, "image", None, extent="half")
 
 
 # --- the release -------------------------------------------------------------------------------------------
