@@ -150,6 +150,22 @@ def test_nchw_variants(runs, tmp_path):
     assert result.parity["variants"]["int8"]["kept"]
     model = onnx.load(str(result.out / "encoder.int8.onnx"))
     assert [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 1, 28, 28]
+    assert "Conv" in {n.op_type for n in model.graph.node} and _quantized_tensors(model)
+
+
+def test_int8_leaves_conv_transpose_in_float(runs, tmp_path):
+    """The CPU provider has no integer ConvTranspose: it computes in float, from int8-stored weights, and its
+    output is not rounded to 8 bits (its input is whatever the layer before wrote)."""
+    result = _export(runs("conv_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    assert result.parity["variants"]["int8"]["extent"] == "full"
+    model = onnx.load(str(result.out / "decoder.int8.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    transposed = [n for n in model.graph.node if n.op_type == "ConvTranspose"]
+    assert len(transposed) == 2
+    for node in transposed:
+        assert not set(node.output) & _quantized_tensors(model)
+        assert producer[node.input[1]].op_type == "Mul"  # int8 weights times a per-channel scale
+    assert any(n.op_type == "Conv" and producer[n.input[0]].op_type == "DequantizeLinear" for n in model.graph.node)
 
 
 @pytest.mark.parametrize("argv, message", [
