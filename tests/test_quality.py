@@ -256,8 +256,13 @@ def _fake_results(tmp_path):
                                                                 "decoder": {"flops": 3_100_000}}}]}))
     dist = tmp_path / "dist" / "deep_ae_fashion_mnist"
     dist.mkdir(parents=True)
+    int8 = {"kept": True, "extent": "full", "tolerance": {"sq_error_rel": 0.02, "precision_at_10": 0.005},
+            "sq_error_per_image": {"fp32": 5.432, "variant": 5.5, "relative_change": (5.5 - 5.432) / 5.432},
+            "precision_at_10": {"fp32": 0.812, "variant": 0.8115, "change": -0.0005}}
+    dropped = dict(int8, kept=False)
     (dist / "manifest.json").write_text(json.dumps({"files": [{"file": "encoder.onnx", "size": 1234,
-                                                               "sha256": "ab" * 32}], "release": "v9.9"}))
+                                                               "sha256": "ab" * 32}], "release": "v9.9",
+                                                    "parity": {"variants": {"int8": int8, "fp16": dropped}}}))
     return results, tmp_path / "dist"
 
 
@@ -270,8 +275,11 @@ def test_cards_render_every_section_from_measured_figures(tmp_path):
                      "encoder.onnx | 1,234 B | `" + "ab" * 32, "Intended use", "Known limits",
                      "python -m zoo.weights fetch deep_ae_fashion_mnist", "Test CPU", "12 s/epoch", "load average 0.4",
                      "Released files (v9.9", 'zoo.from_preset("deep_ae_fashion_mnist")',
-                     "Recipe as trained: 7 epochs"):
+                     "Recipe as trained: 7 epochs",
+                     "int8 (full extent): sq. error per image 5.500 against 5.432 (+1.25%, tolerance 2.0%), "
+                     "precision@10 0.8115 against 0.8120 (tolerance -0.005)"):
         assert expected in section, expected
+    assert "fp16" not in section  # a variant that was not kept is not shown as shipped
 
 
 def test_cards_refuse_to_invent_missing_figures(tmp_path):
