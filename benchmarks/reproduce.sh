@@ -30,7 +30,8 @@ for preset in $PRESETS; do
   if [ ! -f "runs/$preset/metrics.json" ]; then
     $PY -m zoo.train "$preset" --quiet
   fi
-  [ -f "runs/$preset/export/parity.json" ] || $PY -m export "runs/$preset" --quiet
+  # int8 files too: the throughput step times them beside fp32 (they are kept only within tolerance).
+  [ -f "runs/$preset/export/parity.json" ] || $PY -m export "runs/$preset" --precision fp32,int8 --quiet
 done
 # The extra runs the quality benchmark reads (benchmarks/quality.py names the layout).
 for preset in $PRESETS; do
