@@ -164,8 +164,10 @@ def variant_accuracy(precision, report):
         precision, " ({} extent)".format(report["extent"]) if report.get("extent") else "", error["variant"],
         error["fp32"], error["relative_change"], tolerance["sq_error_rel"])
     if retrieval:
-        text += ", precision@10 {:.4f} against {:.4f} (tolerance -{})".format(
-            retrieval["variant"], retrieval["fp32"], tolerance["precision_at_10"])
+        database = ((report.get("evaluation") or {}).get("database") or {}).get("num_images")
+        text += ", precision@10{} {:.4f} against {:.4f} (tolerance -{})".format(
+            " over the first {:,} training images".format(database) if database else "", retrieval["variant"],
+            retrieval["fp32"], tolerance["precision_at_10"])
     return text
 
 

@@ -258,7 +258,8 @@ def _fake_results(tmp_path):
     dist.mkdir(parents=True)
     int8 = {"kept": True, "extent": "full", "tolerance": {"sq_error_rel": 0.02, "precision_at_10": 0.005},
             "sq_error_per_image": {"fp32": 5.432, "variant": 5.5, "relative_change": (5.5 - 5.432) / 5.432},
-            "precision_at_10": {"fp32": 0.812, "variant": 0.8115, "change": -0.0005}}
+            "precision_at_10": {"fp32": 0.812, "variant": 0.8115, "change": -0.0005},
+            "evaluation": {"database": {"num_images": 10000}}}
     dropped = dict(int8, kept=False)
     (dist / "manifest.json").write_text(json.dumps({"files": [{"file": "encoder.onnx", "size": 1234,
                                                                "sha256": "ab" * 32}], "release": "v9.9",
@@ -277,7 +278,7 @@ def test_cards_render_every_section_from_measured_figures(tmp_path):
                      "Released files (v9.9", 'zoo.from_preset("deep_ae_fashion_mnist")',
                      "Recipe as trained: 7 epochs",
                      "int8 (full extent): sq. error per image 5.500 against 5.432 (+1.25%, tolerance 2.0%), "
-                     "precision@10 0.8115 against 0.8120 (tolerance -0.005)"):
+                     "precision@10 over the first 10,000 training images 0.8115 against 0.8120 (tolerance -0.005)"):
         assert expected in section, expected
     assert "fp16" not in section  # a variant that was not kept is not shown as shipped
 
