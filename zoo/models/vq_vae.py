@@ -52,11 +52,14 @@ class VectorQuantizer(layers.Layer):
         """(z_q, indices, codebook_loss, commitment_loss) of z_e; z_q without the straight-through gradient."""
         z_e = ops.cast(z_e, "float32")
         tokens = ops.reshape(z_e, (-1, self.embedding_dim))
-        # ||t - e||^2 = ||t||^2 - 2 t.e + ||e||^2 for every token t and entry e.
-        distances = (ops.sum(ops.square(tokens), axis=1, keepdims=True) - 2.0 * ops.matmul(tokens, ops.transpose(
-            self.codebook)) + ops.sum(ops.square(self.codebook), axis=1)[None, :])
-        # top_k rather than argmin: Keras' TensorFlow argmin adds Bitcast ops (for negative zeros) that ONNX lacks.
-        indices = ops.cast(ops.top_k(-distances, k=1)[1][:, 0], "int32")
+        # The nearest entry e to a token t minimises ||t - e||^2 = ||t||^2 - 2 t.e + ||e||^2, i.e. maximises
+        # t.e - ||e||^2 / 2 (||t||^2 is the same for every entry): one matrix product plus a constant row, which
+        # the exported graph runs as a single Gemm. (The whole distance took four more passes over the
+        # tokens x entries matrix: 42% of the int8 encoder's time at batch 1024.)
+        scores = ops.matmul(tokens, ops.transpose(self.codebook)) + (
+            -0.5 * ops.sum(ops.square(self.codebook), axis=1))[None, :]
+        # top_k rather than argmax: Keras' TensorFlow argmax adds Bitcast ops (for negative zeros) that ONNX lacks.
+        indices = ops.cast(ops.top_k(scores, k=1)[1][:, 0], "int32")
         z_q = ops.reshape(ops.take(self.codebook, indices, axis=0), ops.shape(z_e))
         codebook_loss = ops.mean(ops.sum(ops.square(ops.stop_gradient(z_e) - z_q), axis=-1))
         commitment_loss = self.beta * ops.mean(ops.sum(ops.square(z_e - ops.stop_gradient(z_q)), axis=-1))
