@@ -51,6 +51,7 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: DepthToSpace (optimize.subpixel_conv_transpose) they do run as QLinearConv, but the error stays +4.1% and
 #: the float DepthToSpace and the layout Transposes around each QLinearConv took more time than the convolutions.
 FLOAT_KERNEL_OPS = ("ConvTranspose",)
+SELECTION_OPS = ("TopK", "ArgMax", "ArgMin")
 #: The files that get variants: the ones a release ships (autoencoder.onnx is encoder then decoder).
 PARTS = ("encoder", "decoder")
 IMAGE_INPUT, LATENT_INPUT = "image", "latent"
@@ -171,14 +172,33 @@ def float_layers(proto, code_input=False):
 
 def output_tail(proto):
     """Names of the nodes after the last weight layers ('full' extent keeps them float): on each path back from
-    a graph output, the nodes before the first weight layer (a sigmoid, a reshape, a nearest-entry search)."""
-    nodes = {node.name: node for node in proto.graph.node}
-    return [name for name in float_layers(proto) if nodes[name].op_type not in WEIGHT_OPS]
+    a graph output, the nodes before the first weight layer (a sigmoid, a reshape), and that weight layer too
+    when the path passed a selection (TopK, ArgMax, ArgMin: VQ-VAE's nearest-entry search), whose choices 8-bit
+    inputs would change."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    keep, seen, stack = [], set(), [(o.name, False) for o in graph.output]
+    while stack:
+        name, selected = stack.pop()
+        node = producer.get(name)
+        if node is None or (node.name, selected) in seen:
+            continue
+        seen.add((node.name, selected))
+        if node.op_type in WEIGHT_OPS:
+            if selected and node.name not in keep:
+                keep.append(node.name)
+            continue
+        if node.name not in keep:
+            keep.append(node.name)
+        selected = selected or node.op_type in SELECTION_OPS
+        stack.extend((i, selected) for i in node.input if i in producer)
+    return keep
 
 
-def float_outputs(proto):
+def float_outputs(proto, float_nodes=()):
     """Remove each QuantizeLinear -> DequantizeLinear pair on the output of a weight layer whose value reaches no
-    other weight layer (it writes the code or the logits): that layer's integer kernel then writes float32
+    other int8 weight layer (`float_nodes` compute in float; the layer writes the code or the logits, or feeds
+    a float search): that layer's integer kernel then writes float32
     (onnxruntime fuses DQ -> Gemm/MatMul/Conv into QGemm/MatMulIntegerToFloat/... with a float output), and the
     value is never rounded to 8 bits. Returns the number of pairs removed."""
     graph = proto.graph
@@ -191,7 +211,7 @@ def float_outputs(proto):
 
     def reaches_weight_layer(name, seen):
         for node in readers.get(name, []):
-            if node.op_type in WEIGHT_OPS:
+            if node.op_type in WEIGHT_OPS and node.name not in float_nodes:
                 return True
             if node.name not in seen:
                 seen.add(node.name)
@@ -262,7 +282,7 @@ def int8_model(proto, input_name, calibration, batch_size=64, extent="full"):
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
         quantized = onnx.load(str(work / "int8.onnx"))
     if extent == "full":
-        float_outputs(quantized)
+        float_outputs(quantized, exclude)
     int8_weights(quantized, exclude)  # the weight layers left in float store int8 weights all the same
     optimize.topological_sort(quantized.graph)
     return _with_metadata(quantized, proto, "int8")

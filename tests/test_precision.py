@@ -229,6 +229,22 @@ def test_int8_full_extent_computes_every_layer_in_int8_and_keeps_codes_and_pixel
         assert ops.count("QGemm") == 3 and "Gemm" not in ops and "DequantizeLinear" not in ops, ops
 
 
+def test_int8_keeps_the_vq_nearest_entry_search_float(runs, tmp_path):
+    """8-bit tokens would pick other codebook entries: the weight layer that feeds TopK stays float."""
+    result = _export(runs("vq_vae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    report = result.parity["variants"]["int8"]
+    assert report["kept"] and report["extent"] == "full", report.get("attempts")
+    model = onnx.load(str(result.out / "encoder.int8.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    search = producer[next(n for n in model.graph.node if n.op_type == "TopK").input[0]]
+    while search.op_type not in precision.WEIGHT_OPS:
+        search = producer[search.input[0]]
+    assert producer[search.input[0]].op_type != "DequantizeLinear"  # float tokens in
+    assert not set(search.output) & _quantized_tensors(model)
+    assert sum(1 for n in model.graph.node if n.op_type in precision.WEIGHT_OPS
+               and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear") >= 2  # the trunk
+
+
 def test_int8_falls_back_to_float_boundary_layers_when_full_misses(runs, tmp_path, monkeypatch):
     """When full int8 misses the tolerance, the 'inner' extent is tried: the layers that write or read the code
     and write the reconstruction compute in float32 from int8-stored weights; the others run as QDQ int8."""
