@@ -305,3 +305,21 @@ def test_vq_conv_trunk(digits):
     model = train(tiny_model("vq_vae", trunk="conv", embedding_dim=2), digits[0][:128], epochs=1)
     assert model.encode_indices(digits[1][:4]).shape == (4, 2)
     assert model.decoder.get_layer("up_0") is not None
+
+
+# --- convolutional ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["conv_ae", "conv_dae", "conv_vae"])
+def test_conv_dense_units_put_an_mlp_between_the_convolutions_and_the_code(name, digits, tmp_path):
+    model = train(tiny_model(name, dense_units=[24, 12]), digits[0][:128], epochs=1)
+    encoder_dense = [(l.name, l.units) for l in model.encoder.layers if isinstance(l, keras.layers.Dense)]
+    decoder_dense = [(l.name, l.units) for l in model.decoder.layers if isinstance(l, keras.layers.Dense)]
+    assert encoder_dense[:2] == [("fc_0", 24), ("fc_1", 12)]  # then the code head(s)
+    assert decoder_dense[:2] == [("fc_0", 12), ("fc_1", 24)] and decoder_dense[2][0] == "project"  # the mirror
+    assert model.get_config()["dense_units"] == [24, 12]
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.encode(digits[1][:4]), model.encode(digits[1][:4]), atol=1e-5)
+    plain = tiny_model(name)
+    assert plain.get_config()["dense_units"] == [] and "fc_0" not in [l.name for l in plain.encoder.layers]
+    with pytest.raises(ValueError, match="dense_units must be positive layer widths"):
+        tiny_model(name, dense_units=[0])

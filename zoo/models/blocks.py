@@ -75,8 +75,9 @@ def check_conv_shape(input_shape, filters):
 
 
 def conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=3, code_activation=None,
-                 variational=False, name="encoder"):
-    """Strided Conv2D stages (each followed by a same-size Conv2D), flattened into the code."""
+                 variational=False, dense_units=(), name="encoder"):
+    """Strided Conv2D stages (each followed by a same-size Conv2D), flattened, through `dense_units` hidden Dense
+    layers (none by default), into the code."""
     check_conv_shape(input_shape, filters)
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
@@ -84,16 +85,23 @@ def conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=3, co
         x = layers.Conv2D(f, kernel_size, strides=2, padding="same", activation=activation, name="down_{}".format(i))(x)
         x = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name="conv_{}".format(i))(x)
     x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(dense_units):
+        x = layers.Dense(units, activation=activation, name="fc_{}".format(i))(x)
     return keras.Model(inputs, _code_heads(x, latent_dim, code_activation, variational), name=name)
 
 
-def conv_decoder(output_shape, filters, latent_dim, activation, output_activation, kernel_size=3, name="decoder"):
-    """Dense to a small feature map, then Conv2DTranspose ("deconvolution") stages back up."""
+def conv_decoder(output_shape, filters, latent_dim, activation, output_activation, kernel_size=3, dense_units=(),
+                 name="decoder"):
+    """The code through `dense_units` hidden Dense layers in reverse (the encoder's mirror), Dense to a small
+    feature map, then Conv2DTranspose ("deconvolution") stages back up."""
     check_conv_shape(output_shape, filters)
     factor = 2 ** len(filters)
     small = (output_shape[0] // factor, output_shape[1] // factor, filters[-1])
     inputs = keras.Input(shape=(latent_dim,), name="latent")
-    x = layers.Dense(math.prod(small), activation=activation, name="project")(inputs)
+    x = inputs
+    for i, units in enumerate(reversed(tuple(dense_units))):
+        x = layers.Dense(units, activation=activation, name="fc_{}".format(i))(x)
+    x = layers.Dense(math.prod(small), activation=activation, name="project")(x)
     x = layers.Reshape(small, name="unflatten")(x)
     for i, f in enumerate(reversed(filters)):
         x = layers.Conv2DTranspose(f, kernel_size, strides=2, padding="same", activation=activation,

@@ -10,18 +10,22 @@ class ConvAE(Autoencoder):
     variational = False
 
     def __init__(self, input_shape=(28, 28, 1), latent_dim=30, filters=(32, 64), kernel_size=3, activation="relu",
-                 output_activation="sigmoid", reconstruction_loss="mse", **kwargs):
+                 output_activation="sigmoid", reconstruction_loss="mse", dense_units=(), **kwargs):
         filters = tuple(int(f) for f in filters)
+        dense_units = tuple(int(u) for u in dense_units)
+        if any(u < 1 for u in dense_units):
+            raise ValueError("dense_units must be positive layer widths, e.g. [512]; got {}".format(list(dense_units)))
         # === Layers ===
         encoder = conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=kernel_size,
-                               variational=self.variational)
+                               variational=self.variational, dense_units=dense_units)
         decoder = conv_decoder(input_shape, filters, latent_dim, activation, output_activation,
-                               kernel_size=kernel_size)
+                               kernel_size=kernel_size, dense_units=dense_units)
         # === Graph ===
         super().__init__(encoder, decoder, input_shape=input_shape, latent_dim=latent_dim,
                          reconstruction_loss=reconstruction_loss, **kwargs)
         # === Config ===
         self.filters = filters
+        self.dense_units = dense_units
         self.kernel_size = int(kernel_size)
         self.activation = activation
         self.output_activation = output_activation
@@ -30,6 +34,7 @@ class ConvAE(Autoencoder):
         return {
             **super().get_config(),
             "filters": list(self.filters),
+            "dense_units": list(self.dense_units),
             "kernel_size": self.kernel_size,
             "activation": self.activation,
             "output_activation": self.output_activation,
