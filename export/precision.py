@@ -219,7 +219,7 @@ def float_outputs(proto, float_nodes=()):
                     return True
         return False
 
-    removed = []
+    removed, pairs = [], 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         source = producer.get(q.input[0])
         dqs = readers.get(q.output[0], [])
@@ -239,13 +239,11 @@ def float_outputs(proto, float_nodes=()):
             for node in readers.get(dq.output[0], []):
                 node.input[:] = [value if i == dq.output[0] else i for i in node.input]
         removed += [q, *dqs]
+        pairs += 1
     for node in removed:
         graph.node.remove(node)
-    used = {i for n in graph.node for i in n.input}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for t in unused:
-        graph.initializer.remove(t)
-    return len(removed) // 2 if removed else 0
+    optimize.prune(graph)  # the pairs' scales and zero points
+    return pairs
 
 
 def int8_model(proto, input_name, calibration, batch_size=64, extent="full"):
@@ -426,7 +424,7 @@ def _provider(precision):
     return "CPUExecutionProvider"
 
 
-def variant_models(precision, fp32, calibration, layout, extent="full"):
+def variant_models(precision, fp32, calibration, layout, extent=INT8_EXTENTS[0]):
     """{part: ModelProto} at `precision` from the float32 {part: ModelProto}; int8 (to `extent`) calibrates the
     encoder on `calibration` (NHWC images) and the decoder on the float32 encoder's codes of them."""
     if precision == "fp16":
@@ -480,8 +478,7 @@ def _attempt(precision, extent, fp32, parts, export_dir, data, layout, tolerance
     label = precision if extent is None else "{} ({} extent)".format(precision, extent)
     written = []
     try:
-        models = variant_models(precision, fp32, data.calibration, layout, **({} if extent is None else
-                                                                              {"extent": extent}))
+        models = variant_models(precision, fp32, data.calibration, layout, extent=extent)
         for part, model in models.items():
             onnx.checker.check_model(model, full_check=True)
             path = export_dir / schema.onnx_file(part, precision)
