@@ -16,7 +16,7 @@ from benchmarks import machine, targets
 from benchmarks.discovery import PARTS, PRECISIONS, RUNS_DIR, ExportedModel, resolve_model
 from benchmarks.errors import BenchmarkError, ModelNotFoundError
 from benchmarks.flops import count_flops
-from benchmarks.sessions import (PROVIDERS, BoundRun, PinnedCopyRun, check_device, make_session,
+from benchmarks.sessions import (PROVIDERS, BoundRun, PiecesRun, PinnedCopyRun, check_device, make_session,
                                  node_placement, provider_names)
 from benchmarks.timing import (DEFAULT_MAX_SECONDS, DEFAULT_REPEATS, DEFAULT_WARMUP_SECONDS, DESCRIPTION, MIN_RUNS,
                                latency_stats, make_input, prefixed, time_calls)
@@ -32,7 +32,10 @@ JAX_BACKENDS = {"cpu": ("cpu",), "cuda": ("gpu", "cuda")}
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 SETTINGS_TEXT = {
-    "bound": "IOBinding: inputs and outputs resident on the device, output buffers reused",
+    "bound": "IOBinding: inputs and outputs resident on the device, output buffers reused; on the CPU a batch "
+             "larger than export.runtime.DEFAULT_BATCH_SIZE rows runs as the Runtime serves it, in pieces of that "
+             "many rows (views of the input and of the outputs, no copies; chunk_rows), with the one-call figure "
+             "beside it (single_*)",
     "copy": "InferenceSession.run with numpy inputs and outputs: host-device copies (pageable memory) and output "
             "allocation included",
     "pinned": "CUDA only: IOBinding with the input in page-locked host memory and the outputs copied back into "
@@ -200,7 +203,12 @@ def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisio
                    "device": device, "provider": info[precision]["provider"], "batch_size": int(batch_size),
                    "threads": int(threads)}
             bound = BoundRun(session, {name: x}, device)
-            row.update(timing.stats(bound, batch_size))
+            if device == "cpu" and batch_size > runtime.DEFAULT_BATCH_SIZE:
+                row.update(timing.stats(PiecesRun(session, x, runtime.DEFAULT_BATCH_SIZE), batch_size),
+                           chunk_rows=runtime.DEFAULT_BATCH_SIZE)
+                row.update(timing.stats(bound, batch_size, "single"))
+            else:
+                row.update(timing.stats(bound, batch_size))
             output_shapes = bound.output_shapes()
             if precision == "fp32" and jax is not None and model.keras_source and "jax_parity" not in info[precision]:
                 got = bound.outputs()

@@ -15,6 +15,7 @@ from zoo import fileio
 CSV_COLUMNS = (
     "model", "family", "part", "precision", "device", "provider", "batch_size", "threads", "runs",
     "latency_us_p50", "latency_us_p90", "latency_us_p99", "latency_us_mean", "images_per_s",
+    "chunk_rows", "single_latency_us_p50", "single_images_per_s",
     "flops_per_image", "gflops_per_s", "fraction_of_peak", "peak_gflops_per_s",
     "copy_latency_us_p50", "copy_latency_us_p90", "copy_latency_us_p99", "copy_images_per_s",
     "pinned_latency_us_p50", "pinned_images_per_s",
@@ -29,7 +30,8 @@ CSV_COLUMNS = (
 #: Columns of a model's table, each shown where some row has it: (heading, row key, format, scale).
 TABLE = (("part", "part", None, None), ("precision", "precision", None, None), ("batch", "batch_size", None, None),
          ("p50 us", "latency_us_p50", ".1f", 1), ("p90 us", "latency_us_p90", ".1f", 1),
-         ("images/s", "images_per_s", ",.0f", 1), ("MFLOP/image", "flops_per_image", ".3f", 1e-6),
+         ("images/s", "images_per_s", ",.0f", 1), ("in pieces of", "chunk_rows", "d", 1),
+         ("one call images/s", "single_images_per_s", ",.0f", 1), ("MFLOP/image", "flops_per_image", ".3f", 1e-6),
          ("GFLOP/s", "gflops_per_s", ".1f", 1), ("% of peak", "fraction_of_peak", ".0f", 100),
          ("graph p50 us", "graph_latency_us_p50", ".1f", 1), ("graph images/s", "graph_images_per_s", ",.0f", 1),
          ("graph % of peak", "graph_fraction_of_peak", ".0f", 100),

@@ -26,6 +26,14 @@ DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: onnxruntime's name for where each device's OrtValues live (tests map "cuda" to "cpu" to run the CUDA paths).
 ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+#: Rows per session call when a batch is larger (the `batch_size` argument's default). On the 2-core CPU of
+#: benchmarks/results/throughput.md a batch of 4096 ran 3-23% faster per image as four calls of 1024 rows than as
+#: one call (fp32: deep_ae's encoder and decoder; the ae, linear_ae, vae, stacked_ae and vq_vae decoders), and
+#: 1024-row pieces beat 256- and 512-row ones on all but ae's decoder (within 1%): a piece's activations stay in
+#: the caches.
+DEFAULT_BATCH_SIZE = 1024
+#: numpy dtype of each ONNX output type the CPU path writes straight into (aezoo outputs: float32, int32 indices).
+_OUTPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 # metadata_props written by export.exporter; the JSON ones hold lists, dicts or numbers.
 META_PREFIX = "aezoo."
@@ -161,6 +169,14 @@ def check_latents(latents, latent_dim):
     if not np.isfinite(z).all():
         raise InputError("latents contain NaN or infinite values.")
     return z
+
+
+def check_batch_size(batch_size):
+    """`batch_size` as a positive int, or InputError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError("batch_size must be a positive integer (rows per onnxruntime call); got {!r}.".format(
+            batch_size))
+    return int(batch_size)
 
 
 # --- devices, providers and host memory ----------------------------------------------------------------
@@ -339,6 +355,33 @@ class FixedBatch:
         return [np.concatenate([r[k] for r in results]) for k in range(len(self.output_names))]
 
 
+def output_buffers(session, rows):
+    """Empty numpy outputs of `session` for `rows` examples, or None where a graph output's per-example shape is
+    not static or its type is not one _OUTPUT_DTYPES names."""
+    buffers = []
+    for arg in session.get_outputs():
+        dims = arg.shape[1:]
+        if arg.type not in _OUTPUT_DTYPES or not all(isinstance(d, int) and d > 0 for d in dims):
+            return None
+        buffers.append(np.empty((int(rows),) + tuple(dims), _OUTPUT_DTYPES[arg.type]))
+    return buffers
+
+
+def bind_pieces(session, x, rows, outputs):
+    """One CPU IOBinding per piece of `rows` rows: the piece's input is a view of `x` and its outputs are views of
+    `outputs` (numpy, C-contiguous, batch first), so running the bindings in turn fills `outputs` with no copy."""
+    name = session.get_inputs()[0].name
+    names = [arg.name for arg in session.get_outputs()]
+    bindings = []
+    for start in range(0, len(x), rows):
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(x[start:start + rows]))
+        for out_name, out in zip(names, outputs):
+            binding.bind_ortvalue_output(out_name, ort.OrtValue.ortvalue_from_numpy(out[start:start + rows]))
+        bindings.append(binding)
+    return bindings
+
+
 # --- the runtime ---------------------------------------------------------------------------------------
 
 
@@ -351,9 +394,11 @@ class Runtime:
     (encoder.int8.onnx, ...); for a single file its name says it. `intra_op_threads` caps the threads one call
     may use (default: onnxruntime's, all cores).
 
-    Every call runs through an IOBinding; on CUDA the inputs are first copied into page-locked host buffers
-    (`pinned_memory`, when the CUDA runtime library is found) so that the copy to the GPU is one DMA transfer,
-    and the outputs come back with copy_outputs_to_cpu. A Runtime on CUDA serves one call at a time per role.
+    Every call runs through an IOBinding, `batch_size` rows at a time (default DEFAULT_BATCH_SIZE). On the CPU
+    each piece reads a view of the input and writes into its rows of the result: no copies. On CUDA the inputs
+    are first copied into page-locked host buffers (`pinned_memory`, when the CUDA runtime library is found) so
+    that the copy to the GPU is one DMA transfer, and the outputs come back with copy_outputs_to_cpu. A Runtime
+    on CUDA serves one call at a time per role.
 
     `cuda_graph_batch=N` (device="cuda" only): sessions are made with the CUDA provider's enable_cuda_graph=1,
     and each role gets device input and output buffers for exactly N examples, bound once; a call copies its
@@ -543,6 +588,13 @@ class Runtime:
         graph = self.graphs.get(role)
         if graph is not None:
             return graph.run(x)
+        batch_size = check_batch_size(batch_size)
+        if self.io_binding and self.device == "cpu":
+            outputs = output_buffers(session, len(x))
+            if outputs is not None:
+                for binding in bind_pieces(session, x, batch_size, outputs):
+                    session.run_with_iobinding(binding)
+                return outputs
         run = self._run_bound if self.io_binding else self._run_plain
         chunks = [run(role, session, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
@@ -553,7 +605,8 @@ class Runtime:
 
     def _run_bound(self, role, session, x):
         """One call through an IOBinding: inputs from host memory (page-locked on CUDA), outputs allocated on
-        the device by onnxruntime and copied back."""
+        the device by onnxruntime and copied back. (On the CPU, _run writes each piece straight into its rows of
+        the result instead, where the graph's output shapes are static.)"""
         binding = session.io_binding()
         if self.device == "cpu":
             return self._finish(session, binding, x)
@@ -567,7 +620,7 @@ class Runtime:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def encode_distribution(self, images, batch_size=256):
+    def encode_distribution(self, images, batch_size=DEFAULT_BATCH_SIZE):
         """(z_mean, z_log_var) of a VAE's posterior for each image."""
         if not self.variational:
             raise InferenceError("{} is not variational ({}); use encode().".format(self.path, self.family))
@@ -588,27 +641,27 @@ class Runtime:
                 " Only a VQ-VAE has indices; use encode()." if name == "indices" else ""))
         return self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)[found]
 
-    def encode(self, images, batch_size=256):
+    def encode(self, images, batch_size=DEFAULT_BATCH_SIZE):
         """Codes (batch, latent_dim) of float32 NHWC images in [0, 1]; the posterior mean for a VAE."""
         return self._encoder_output(images, None, batch_size)
 
-    def encode_indices(self, images, batch_size=256):
+    def encode_indices(self, images, batch_size=DEFAULT_BATCH_SIZE):
         """A VQ-VAE's discrete code: the codebook entry of each token (batch, tokens), int32. decode() takes the
         quantised code that encode() gives for the same images."""
         return self._encoder_output(images, "indices", batch_size)
 
-    def decode(self, latents, batch_size=256):
+    def decode(self, latents, batch_size=DEFAULT_BATCH_SIZE):
         """Images (batch, H, W, C) in [0, 1] decoded from codes (batch, latent_dim)."""
         return self._run("decoder", "decode", check_latents(latents, self.latent_dim), batch_size)[0]
 
-    def reconstruct(self, images, batch_size=256):
+    def reconstruct(self, images, batch_size=DEFAULT_BATCH_SIZE):
         """decode(encode(images)), with the autoencoder file when there is one."""
         x = check_images(images, self.image_shape)
         if "autoencoder" in self.sessions or not {"encoder", "decoder"} <= set(self.sessions):
             return self._run("autoencoder", "reconstruct", x, batch_size)[0]
         return self.decode(self.encode(x, batch_size), batch_size)
 
-    def sample(self, n, seed=None, batch_size=256):
+    def sample(self, n, seed=None, batch_size=DEFAULT_BATCH_SIZE):
         """n images from a VAE: codes from the N(0, I) prior through the decoder."""
         if not self.variational:
             raise InferenceError("{} is not variational ({}); only VAEs have a prior to sample.".format(

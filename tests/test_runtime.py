@@ -159,6 +159,29 @@ def test_large_batches_are_chunked(runs):
     np.testing.assert_allclose(rt.reconstruct(x, batch_size=16), rt.reconstruct(x), atol=1e-6)
 
 
+def test_cpu_pieces_write_straight_into_the_result(runs, monkeypatch):
+    """On the CPU every piece is bound to a view of the input and to its rows of one result array: what one
+    call per piece gives, with no concatenation."""
+    rt = _runtime(runs["conv_vae"] / "export")
+    x = np.random.default_rng(2).uniform(0, 1, (11, 28, 28, 1)).astype(np.float32)
+    session = rt.sessions["encoder"]
+    name = session.get_inputs()[0].name
+    want = [np.concatenate(parts) for parts in zip(*(session.run(None, {name: x[i:i + 4]}) for i in range(0, 11, 4)))]
+    monkeypatch.setattr(np, "concatenate", None)  # the CPU path must not need it
+    got = rt.encode_distribution(x, batch_size=4)
+    for g, w in zip(got, want):
+        assert g.flags.c_contiguous and g.dtype == np.float32
+        np.testing.assert_array_equal(g, w)
+    assert rt.decode(got[0], batch_size=3).shape == (11, 28, 28, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "64", True])
+def test_bad_batch_size_is_one_clear_line(runs, images, bad):
+    with pytest.raises(InputError, match=r"batch_size must be a positive integer .*got {}".format(
+            "'64'" if bad == "64" else bad)):
+        _runtime(runs["dae"] / "export").encode(images, batch_size=bad)
+
+
 def test_single_onnx_file(runs, images):
     export_dir = runs["dae"] / "export"
     encoder = _runtime(export_dir / "encoder.onnx")

@@ -12,6 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks import throughput
 from benchmarks.flops import count_flops
+from benchmarks.sessions import PiecesRun
+from export import runtime
 from zoo import schema
 
 HIDDEN = (16, 8)
@@ -119,6 +121,7 @@ def test_flops_of_exported_dense_model(export_dir):
 
 
 CPU_ONLY = ("pinned_", "graph_", "jax_", "ort_jax", "ort_graph_jax")  # columns a CPU run leaves empty
+PIECES_ONLY = ("chunk_rows", "single_")  # columns of a CPU point above runtime.DEFAULT_BATCH_SIZE
 
 
 def _with_int8_encoder(export_dir, tmp_path):
@@ -132,7 +135,9 @@ def _with_int8_encoder(export_dir, tmp_path):
     return run / "export"
 
 
-def test_benchmark_writes_every_field(export_dir, tmp_path):
+def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
+    # Batches above the Runtime's piece size are timed as the Runtime serves them: batch 4 here, in pieces of 2.
+    monkeypatch.setattr(runtime, "DEFAULT_BATCH_SIZE", 2)
     export = _with_int8_encoder(export_dir, tmp_path)
     out = tmp_path / "results"
     assert throughput.main([str(export), "--out", str(out), "--threads", "1", "--precision", "fp32,int8",
@@ -156,10 +161,13 @@ def test_benchmark_writes_every_field(export_dir, tmp_path):
         assert row["model"] == "tiny_deep_ae" and row["provider"] == "CPUExecutionProvider" and row["threads"] == 1
         assert row["runs"] == 3 and row["tf_runs"] == 3 and row["tf_source"] == "savedmodel"
         assert row["flops_per_image"] == expected_flops[row["part"]]
+        pieces = row["batch_size"] > 2
         for key in throughput.CSV_COLUMNS:
-            if not key.startswith(CPU_ONLY):
+            if not key.startswith(CPU_ONLY) and (pieces or not key.startswith(PIECES_ONLY)):
                 assert row.get(key) is not None, key
-        assert not [k for k in row if k.startswith(CPU_ONLY)]
+        assert not [k for k in row if k.startswith(CPU_ONLY) or (not pieces and k.startswith(PIECES_ONLY))]
+        if pieces:
+            assert row["chunk_rows"] == 2 and row["single_images_per_s"] > 0
         assert row["latency_us_p50"] <= row["latency_us_p90"] <= row["latency_us_p99"]
         assert row["images_per_s"] == pytest.approx(row["batch_size"] / row["latency_us_p50"] * 1e6)
         assert row["gflops_per_s"] == pytest.approx(row["flops_per_image"] * row["images_per_s"] / 1e9)
@@ -203,6 +211,17 @@ def test_iobinding_matches_a_plain_run_on_cpu(export_dir):
     (got,) = bound.outputs()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert got.shape == (3, LATENT)
+
+
+def test_a_large_batch_in_pieces_gives_what_one_call_gives(export_dir):
+    session = throughput.make_session(export_dir / "decoder.onnx", "cpu", threads=1)
+    z = throughput.make_input("latent", (LATENT,), 7, seed=2)
+    pieces = PiecesRun(session, z, 3)  # 3 + 3 + 1 rows
+    pieces()
+    (expected,) = session.run(None, {session.get_inputs()[0].name: z})
+    (got,) = pieces.outputs()
+    assert len(pieces._bindings) == 3 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_time_calls_keeps_slow_points_short():
