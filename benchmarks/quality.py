@@ -345,9 +345,36 @@ def write_results(results, out_dir, common=()):
     fileio.write_text(out_dir / "quality.md", markdown(results, common))
 
 
-def _merge(old, new):
+def stale(result):
+    """Why `result` no longer describes its preset, or None: the description a run records is written from its
+    recipe (with " (changed: ...)" after --set overrides), so a different one means the preset's recipe changed
+    since, or the preset is gone."""
+    from zoo.presets import PRESETS
+
+    preset = PRESETS.get(result["preset"])
+    if preset is None:
+        return "there is no preset {} any more".format(result["preset"])
+    recorded = result.get("description", "")
+    if recorded == preset.description or recorded.startswith(preset.description + " (changed: "):
+        return None
+    return "it was trained on an earlier recipe ({!r}; the preset is now {!r})".format(recorded, preset.description)
+
+
+def _merge(old, new, where=""):
+    """`new` and the results of `old` for other presets, except those measured on a recipe the preset no longer
+    has (each dropped with one line on stderr)."""
     done = {r["preset"] for r in new}
-    return sorted([r for r in old if r["preset"] not in done] + list(new), key=lambda r: r["preset"])
+    kept = []
+    for result in old:
+        if result["preset"] in done:
+            continue
+        why = stale(result)
+        if why:
+            print("quality: dropped the earlier result of {}{}: {}. Retrain it to measure it again.".format(
+                result["preset"], where, why), file=sys.stderr)
+            continue
+        kept.append(result)
+    return sorted(kept + list(new), key=lambda r: r["preset"])
 
 
 def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, merge=True,
@@ -392,7 +419,8 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
         # Keep earlier results for presets not evaluated this time.
         old = json.loads((out_dir / "quality.json").read_text())
         results = _merge(old.get("results", []), results)
-        common = _merge((old.get("common_code") or {}).get("results", []), common)
+        common = _merge((old.get("common_code") or {}).get("results", []), common,
+                        " at code size {}".format(COMMON_LATENT_DIM))
     results.sort(key=lambda r: r["preset"])
     common.sort(key=lambda r: r["preset"])
     write_results(results, out_dir, common)

@@ -229,6 +229,29 @@ def test_quality_table_says_when_a_control_was_trained_differently():
     assert "conv_dae_mnist and its control conv_ae_mnist" in quality.markdown(differ)
 
 
+def test_results_of_an_earlier_recipe_are_dropped_when_merging(capsys):
+    """A result whose recorded description is not its preset's (nor the preset's with --set overrides) was
+    measured on a recipe the preset no longer has; merging drops it, with a line that says so."""
+    from zoo.presets import PRESETS
+
+    def result(preset, description):
+        return {"preset": preset, "description": description}
+
+    old = [result("dae_mnist", PRESETS["dae_mnist"].description),
+           result("vae_mnist", PRESETS["vae_mnist"].description + " (changed: latent_dim=20)"),
+           result("conv_dae_mnist", "conv_dae on MNIST: an earlier recipe"),
+           result("gone_mnist", "a preset that was removed"),
+           result("ae_mnist", "replaced by the new result, whatever it says")]
+    merged = quality._merge(old, [result("ae_mnist", PRESETS["ae_mnist"].description)])
+    assert [(r["preset"], r["description"]) for r in merged] == [
+        ("ae_mnist", PRESETS["ae_mnist"].description), ("dae_mnist", PRESETS["dae_mnist"].description),
+        ("vae_mnist", PRESETS["vae_mnist"].description + " (changed: latent_dim=20)")]
+    err = capsys.readouterr().err
+    assert "dropped the earlier result of conv_dae_mnist: it was trained on an earlier recipe" in err
+    assert "dropped the earlier result of gone_mnist: there is no preset gone_mnist" in err
+    assert err.count("dropped") == 2
+
+
 def test_quality_names_missing_runs(tmp_path, capsys):
     assert quality.main(["deep_ae_mnist", "--runs-dir", str(tmp_path)]) == 2
     assert "python -m zoo.train deep_ae_mnist" in capsys.readouterr().err
