@@ -100,9 +100,13 @@ _RECIPES = {
                             "reached after 10 epochs of KL warm-up, 0.25 free nats per dimension",
                 model_config=dict(latent_dim=30, beta=1.0, reconstruction_loss="bce", kl_warmup_epochs=10,
                                   free_bits=0.25), epochs=40),
+    # The dense vae's fixes for inactive latent dimensions (KL warm-up, then free bits), with the warm-up over the
+    # same share of the run.
     "conv_vae": dict(description="conv VAE ({filters} filters), {latent_dim}-d Gaussian latent, Bernoulli (BCE) "
-                                 "likelihood, beta=1",
-                     model_config=dict(latent_dim=30, filters=(32, 64), beta=1.0, reconstruction_loss="bce"),
+                                 "likelihood, beta=1 reached after 6 epochs of KL warm-up, 0.25 free nats per "
+                                 "dimension",
+                     model_config=dict(latent_dim=30, filters=(32, 64), beta=1.0, reconstruction_loss="bce",
+                                       kl_warmup_epochs=6, free_bits=0.25),
                      epochs=25),
     "vq_vae": dict(description="Dense 512-256 encoder, {latent_dim}-d code cut into 4-d tokens, each the nearest of 512 "
                                "codebook entries (commitment 0.25), Bernoulli (BCE) likelihood",
