@@ -323,3 +323,26 @@ def test_conv_dense_units_put_an_mlp_between_the_convolutions_and_the_code(name,
     assert plain.get_config()["dense_units"] == [] and "fc_0" not in [l.name for l in plain.encoder.layers]
     with pytest.raises(ValueError, match="dense_units must be positive layer widths"):
         tiny_model(name, dense_units=[0])
+
+
+@pytest.mark.parametrize("name", ["conv_ae", "conv_dae", "conv_vae"])
+def test_conv_stages_deepen_with_residual_same_size_convolutions(name, digits, tmp_path):
+    model = train(tiny_model(name, convs_per_stage=3, residual=True), digits[0][:128], epochs=1)
+    for part in (model.encoder, model.decoder):
+        names = [l.name for l in part.layers]
+        assert {"conv_0", "conv_0_1", "conv_0_2", "conv_1_2"} <= set(names)
+        add = part.get_layer("conv_1_2_residual")
+        assert isinstance(add, keras.layers.Add) and add.input[0].shape == add.output.shape  # x + conv(x)
+    assert model.get_config()["convs_per_stage"] == 3 and model.get_config()["residual"] is True
+    assert model.reconstruct(digits[1][:4]).shape == digits[1][:4].shape
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.encode(digits[1][:4]), model.encode(digits[1][:4]), atol=1e-5)
+    # The default is today's architecture: one plain same-size convolution a stage, the same layer names.
+    plain = tiny_model(name)
+    convs = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
+    assert [l.name for l in plain.decoder.layers if isinstance(l, convs)] == [
+        "up_0", "conv_0", "up_1", "conv_1", "reconstruction"]
+    assert not [l for l in plain.encoder.layers if isinstance(l, keras.layers.Add)]
+    with pytest.raises(ValueError, match="convs_per_stage must be an integer >= 1"):
+        tiny_model(name, convs_per_stage=0)

@@ -74,16 +74,35 @@ def check_conv_shape(input_shape, filters):
         )
 
 
+def check_conv_depth(convs_per_stage):
+    if isinstance(convs_per_stage, bool) or not isinstance(convs_per_stage, (int, np.integer)) \
+            or convs_per_stage < 1:
+        raise ValueError("convs_per_stage must be an integer >= 1 (same-size convolutions after each strided one); "
+                         "got {!r}".format(convs_per_stage))
+    return int(convs_per_stage)
+
+
+def _same_size_convs(x, f, kernel_size, activation, stage, convs_per_stage, residual):
+    """`convs_per_stage` same-size Conv2D layers (conv_<stage>, conv_<stage>_1, ...), each added to its input when
+    `residual` (x + relu(conv(x)): the stage can deepen without losing what the strided layer passed on)."""
+    for j in range(convs_per_stage):
+        name = "conv_{}".format(stage) + ("_{}".format(j) if j else "")
+        y = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name=name)(x)
+        x = layers.Add(name=name + "_residual")([x, y]) if residual else y
+    return x
+
+
 def conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=3, code_activation=None,
-                 variational=False, dense_units=(), name="encoder"):
-    """Strided Conv2D stages (each followed by a same-size Conv2D), flattened, through `dense_units` hidden Dense
-    layers (none by default), into the code."""
+                 variational=False, dense_units=(), convs_per_stage=1, residual=False, name="encoder"):
+    """Strided Conv2D stages (each followed by `convs_per_stage` same-size Conv2D layers, residual or not),
+    flattened, through `dense_units` hidden Dense layers (none by default), into the code."""
     check_conv_shape(input_shape, filters)
+    convs_per_stage = check_conv_depth(convs_per_stage)
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     for i, f in enumerate(filters):
         x = layers.Conv2D(f, kernel_size, strides=2, padding="same", activation=activation, name="down_{}".format(i))(x)
-        x = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name="conv_{}".format(i))(x)
+        x = _same_size_convs(x, f, kernel_size, activation, i, convs_per_stage, residual)
     x = layers.Flatten(name="flatten")(x)
     for i, units in enumerate(dense_units):
         x = layers.Dense(units, activation=activation, name="fc_{}".format(i))(x)
@@ -91,10 +110,12 @@ def conv_encoder(input_shape, filters, latent_dim, activation, kernel_size=3, co
 
 
 def conv_decoder(output_shape, filters, latent_dim, activation, output_activation, kernel_size=3, dense_units=(),
-                 name="decoder"):
+                 convs_per_stage=1, residual=False, name="decoder"):
     """The code through `dense_units` hidden Dense layers in reverse (the encoder's mirror), Dense to a small
-    feature map, then Conv2DTranspose ("deconvolution") stages back up."""
+    feature map, then Conv2DTranspose ("deconvolution") stages back up, each followed by `convs_per_stage`
+    same-size Conv2D layers."""
     check_conv_shape(output_shape, filters)
+    convs_per_stage = check_conv_depth(convs_per_stage)
     factor = 2 ** len(filters)
     small = (output_shape[0] // factor, output_shape[1] // factor, filters[-1])
     inputs = keras.Input(shape=(latent_dim,), name="latent")
@@ -106,7 +127,7 @@ def conv_decoder(output_shape, filters, latent_dim, activation, output_activatio
     for i, f in enumerate(reversed(filters)):
         x = layers.Conv2DTranspose(f, kernel_size, strides=2, padding="same", activation=activation,
                                    name="up_{}".format(i))(x)
-        x = layers.Conv2D(f, kernel_size, padding="same", activation=activation, name="conv_{}".format(i))(x)
+        x = _same_size_convs(x, f, kernel_size, activation, i, convs_per_stage, residual)
     outputs = layers.Conv2D(output_shape[-1], kernel_size, padding="same", activation=output_activation,
                             name="reconstruction")(x)
     return keras.Model(inputs, outputs, name=name)
