@@ -26,11 +26,10 @@ DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 #: onnxruntime's name for where each device's OrtValues live (tests map "cuda" to "cpu" to run the CUDA paths).
 ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
-#: Rows per session call when a batch is larger (the `batch_size` argument's default). On the 2-core CPU of
-#: benchmarks/results/throughput.md a batch of 4096 ran 3-23% faster per image as four calls of 1024 rows than as
-#: one call (fp32: deep_ae's encoder and decoder; the ae, linear_ae, vae, stacked_ae and vq_vae decoders), and
-#: 1024-row pieces beat 256- and 512-row ones on all but ae's decoder (within 1%): a piece's activations stay in
-#: the caches.
+#: Rows per session call when a batch is larger (the `batch_size` argument's default). In
+#: benchmarks/results/throughput.md (2-core CPU) a batch of 4096 ran faster per image as four calls of 1024 rows
+#: than as one call at 45 of 55 points (median +13%, up to +61%; the activations of a piece stay in the caches);
+#: the one-layer encoders gain least or lose (contractive_ae's fp32 encoder 0.70x, still 1.9x TensorFlow).
 DEFAULT_BATCH_SIZE = 1024
 #: numpy dtype of each ONNX output type the CPU path writes straight into (aezoo outputs: float32, int32 indices).
 _OUTPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64}
