@@ -28,7 +28,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 #: Rows per session call when a batch is larger (the `batch_size` argument's default). In
 #: benchmarks/results/throughput.md (2-core CPU) a batch of 4096 ran faster per image as four calls of 1024 rows
-#: than as one call at 45 of 55 points (median +13%, up to +61%; the activations of a piece stay in the caches);
+#: than as one call at 49 of 55 points (median +13%, up to +61%; the activations of a piece stay in the caches);
 #: the one-layer encoders gain least or lose (contractive_ae's fp32 encoder 0.70x, still 1.9x TensorFlow).
 DEFAULT_BATCH_SIZE = 1024
 #: numpy dtype of each ONNX output type the CPU path writes straight into (aezoo outputs: float32, int32 indices).
