@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import merge
 from benchmarks import targets as target_checks
 from zoo import fileio
 
@@ -83,7 +84,7 @@ def _legend(result):
             ", ".join(result["jax"]["devices"])))
     if baselines:
         lines.append("- baselines: " + "; ".join(baselines))
-    return lines
+    return lines + merge.legend_lines(result)
 
 
 def to_markdown(result):

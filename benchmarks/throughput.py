@@ -103,6 +103,8 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other models of the result already in --out (same machine, software and settings, else refused) and replace only the models measured now: for a model retrained on a new recipe")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -124,6 +126,8 @@ def main(argv=None):
                                runs_dir=args.runs_dir, quiet=args.quiet, command=command,
                                precisions=args.precisions, tf_bf16=args.tf_bf16, jax_baseline=args.jax,
                                cuda_graphs=args.cuda_graphs)
+        if args.merge:
+            result = merge_into(result, args.out)
         files = write_results(result, args.out, plot=not args.no_plot)
     except BenchmarkError as exc:
         print("error: {}".format(exc), file=sys.stderr)
@@ -133,6 +137,23 @@ def main(argv=None):
         print("wrote " + ", ".join(str(p) for p in files.values()), file=sys.stderr)
     return 0
 
+
+
+def merge_into(result, out):
+    """`result` merged into the result of its device already in `out` (benchmarks.merge)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks import merge
+
+    path = Path(out) / (output_stem(result["device"]) + ".json")
+    try:
+        old = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchmarkError("--merge: there is no {} to merge into; run without --merge first.".format(path)) from None
+    except (OSError, ValueError) as exc:
+        raise BenchmarkError("--merge: cannot read {}: {}.".format(path, exc)) from None
+    return merge.merge(old, result, where=str(path))
 
 if __name__ == "__main__":
     sys.exit(main())

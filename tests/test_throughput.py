@@ -195,6 +195,54 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
     assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
 
 
+
+def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, capsys):
+    """--merge: a retrained model is measured again and spliced into the committed result of the same machine."""
+    out = tmp_path / "results"
+    args = [str(export_dir), "--out", str(out), "--threads", "1", "--no-tf", "--no-plot", "--quiet"] + FAST
+    assert throughput.main(args + ["--merge"]) == 2  # nothing to merge into yet: one line, nothing written
+    assert "there is no" in capsys.readouterr().err and not out.exists()
+    assert throughput.main(args) == 0
+    first = json.loads((out / "throughput.json").read_text())
+    # Make the committed result hold two models: the one measured now and another, measured earlier.
+    other = [dict(r, model="other_ae", images_per_s=123.0) for r in first["rows"]]
+    first["models"].append(dict(first["models"][0], name="other_ae"))
+    first["rows"] += other
+    first["skipped"] += [{"model": m, "part": "decoder", "precision": "int8", "reason": "none"}
+                         for m in ("other_ae", "tiny_deep_ae")]  # the second is of the earlier measurement
+    first["created"] = "2026-01-01T00:00:00+00:00"
+    (out / "throughput.json").write_text(json.dumps(first))
+    assert throughput.main(args + ["--merge"]) == 0
+    merged = json.loads((out / "throughput.json").read_text())
+    assert [m["name"] for m in merged["models"]] == ["tiny_deep_ae", "other_ae"]
+    assert [r for r in merged["rows"] if r["model"] == "other_ae"] == other  # kept as they were
+    mine = [r for r in merged["rows"] if r["model"] == "tiny_deep_ae"]
+    assert len(mine) == len(other) and mine != [r for r in first["rows"] if r["model"] == "tiny_deep_ae"]
+    assert [(r["models"], r["created"]) for r in merged["runs"]] == [
+        (["other_ae"], "2026-01-01T00:00:00+00:00"), (["tiny_deep_ae"], merged["created"])]
+    assert [s["model"] for s in merged["skipped"]] == ["other_ae"]
+    assert merged["targets"]["fp32_at_least_tf_at_most_points"]["met"] is None  # no TensorFlow figure in either
+    markdown = (out / "throughput.md").read_text()
+    assert "merged from 2 runs on this machine" in markdown and "other_ae on 2026-01-01" in markdown
+    assert "## other_ae" in markdown
+    # A result of other settings (threads) or software is refused in one line and left as it is.
+    before = (out / "throughput.json").read_bytes()
+    assert throughput.main(args[:4] + ["2"] + args[5:] + ["--merge"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot merge into" in err and "settings.threads: 1 then 2" in err and "Traceback" not in err
+    assert (out / "throughput.json").read_bytes() == before
+
+
+def test_merge_refuses_other_software():
+    from benchmarks import merge
+
+    old = {"schema": "s", "device": "cpu", "machine": {"cpu_model": "X", "versions": {"onnxruntime": "1.31.0"}},
+           "settings": {"threads": 2}, "models": [], "rows": []}
+    new = dict(old, machine={"cpu_model": "X", "versions": {"onnxruntime": "1.32.0"}})
+    with pytest.raises(throughput.BenchmarkError, match="versions.onnxruntime: 1.31.0 then 1.32.0"):
+        merge.merge(old, new)
+    assert merge.differences(old, dict(old)) == []
+
 def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]
                            + FAST) == 2
