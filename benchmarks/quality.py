@@ -185,9 +185,12 @@ def evaluate_run(run_dir, evaluation, out_dir, figures=True):
     import zoo  # noqa: F401  (registers the classes that model.keras names)
     from zoo import data
 
+    from zoo.presets import as_now
+
     config = schema.RunConfig.load(run_dir)
     run_metrics = schema.RunMetrics.load(run_dir)
     model = keras.models.load_model(run_dir / schema.MODEL)
+    description, overrides = as_now(config)  # a --set value the preset adopted since is no longer a change
     preset, k = config.preset, int(config.latent_dim)
     print("evaluating {} ({}, code size {}, seed {})".format(preset, run_dir, k, config.training.get("seed")),
           flush=True)
@@ -205,11 +208,11 @@ def evaluate_run(run_dir, evaluation, out_dir, figures=True):
         # What the run recorded, so that the cards describe this run and not the preset's defaults.
         "training": config.training,
         "model_config": config.model_config,
-        "overrides": config.overrides,
+        "overrides": overrides,
         "run_metrics": run_metrics.metrics,
         "timing": run_metrics.timing,
         "versions": config.versions,
-        "description": config.description,
+        "description": description,
         "run_dir": str(run_dir),
         "reduction": {
             "sq_error_per_image": own["sq_error_per_image"], "pca_sq_error_per_image": pca["sq_error_per_image"],

@@ -154,11 +154,14 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
         if (tmp / schema.KERAS_EXTRA).is_file():
             files.append(_file_entry(tmp / schema.KERAS_EXTRA, "keras", "keras_extra"))
         encoder_entry = files[0]
+        from zoo.presets import as_now
+
+        description, overrides = as_now(config)  # against the preset as it is now (a --set it later adopted)
         manifest = schema.Manifest(
-            preset=preset, files=files, model=config.model, description=config.description, dataset=config.dataset,
+            preset=preset, files=files, model=config.model, description=description, dataset=config.dataset,
             input_shape=config.input_shape, latent_dim=config.latent_dim, normalization=config.normalization,
             variational="z_mean" in (encoder_entry.get("outputs") or ()), model_config=config.model_config,
-            training=config.training, overrides=config.overrides,
+            training=config.training, overrides=overrides,
             metrics={k: v for k, v in (metrics.to_dict() if metrics else {}).items()
                      if k in ("split", "num_images", "metrics", "units")},
             parity=dict({k: getattr(parity, k)

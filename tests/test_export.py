@@ -13,6 +13,7 @@ import pytest
 
 import zoo
 from zoo import fileio, schema
+from zoo.presets import as_now
 from export import exporter, release, runtime
 from tests.helpers import write_idx_dir, write_run_dir
 
@@ -237,6 +238,9 @@ def test_release_bundle_has_checksummed_files_and_index(exports, tmp_path):
         assert names[4:] in (["manifest.json"], ["keras_extra.npz", "manifest.json"])
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["preset"] == preset and manifest["parity"]["passed"]
+        # Described against the preset as it is now (tests/test_overrides.py tests zoo.presets.as_now).
+        config = schema.RunConfig.load(runs[0] if preset == "dae_mnist" else runs[1])
+        assert (manifest["description"], manifest["overrides"]) == as_now(config)
         assert manifest["format_version"] == schema.FORMAT_VERSION and manifest["release"] == "dist"
         assert {e["format"] for e in manifest["files"]} == {"onnx", "keras"}
         assert "psnr_db" in manifest["metrics"]["metrics"] and "tf2onnx" in manifest["versions"]["export"]

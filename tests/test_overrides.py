@@ -208,6 +208,34 @@ def test_set_is_recorded_in_the_run_dir(idx_dir, tmp_path, monkeypatch):
     assert schema.RunMetrics.load(out).num_images == 32
 
 
+def test_a_run_whose_set_values_the_preset_adopted_is_a_run_of_the_preset(monkeypatch):
+    """quality.json and a release describe a run against the preset as it is now (presets.as_now)."""
+    import dataclasses
+
+    preset = presets.get_preset("conv_ae_mnist")
+    trained, _ = presets.apply_overrides(preset, {"convs_per_stage": 2, "residual": True, "epochs": 3})
+    config = schema.RunConfig(
+        preset=preset.name, model=preset.model, dataset=preset.dataset,
+        model_config=dict(presets.model_arguments(trained), input_shape=[28, 28, 1], name="conv_ae"),
+        training=dict(trained.recipe(), backend="tensorflow"), input_shape=[28, 28, 1], latent_dim=30,
+        description=trained.description, overrides={"convs_per_stage": 2, "residual": True, "epochs": 3})
+    assert presets.as_now(config) == (trained.description, config.overrides)  # the preset as it is today
+    # The preset adopts the two model values: only the epochs still differ, and the description is the preset's.
+    adopted = dataclasses.replace(preset, description=preset.description + " (deeper)", model_config=dict(
+        preset.model_config, convs_per_stage=2, residual=True))
+    monkeypatch.setitem(presets.PRESETS, preset.name, adopted)
+    assert presets.as_now(config) == (adopted.description, {"epochs": 3})
+    # A preset that changed in another way (its filters) keeps the run's recorded terms: the run is of an old recipe.
+    other = dataclasses.replace(adopted, model_config=dict(adopted.model_config, filters=(16, 32)))
+    monkeypatch.setitem(presets.PRESETS, preset.name, other)
+    assert presets.as_now(config) == (trained.description, config.overrides)
+    # So does a run whose recorded model is not what its overrides make of the preset now, or a preset gone.
+    monkeypatch.setitem(presets.PRESETS, preset.name, adopted)
+    assert presets.as_now(dataclasses.replace(config, model_config=dict(config.model_config, kernel_size=5))) == (
+        trained.description, config.overrides)
+    monkeypatch.delitem(presets.PRESETS, preset.name)
+    assert presets.as_now(config) == (trained.description, config.overrides)
+
 def test_config_file_and_the_order_of_overrides(idx_dir, tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"model": {"latent_dim": 5, "hidden_units": [16]},

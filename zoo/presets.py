@@ -234,6 +234,32 @@ def build_model(preset, changed=None):
             preset.name, preset.model, ", ".join("{}={}".format(k, _show(changed[k])) for k in keys), reason)) from None
 
 
+
+def as_now(config):
+    """(description, overrides) of a run's config (schema.RunConfig) against its preset as the preset is now.
+
+    A run records its preset's description and the --set fields that differed when it was trained. When the
+    preset later adopts those values (e.g. a recipe found with `--set convs_per_stage=2` becomes the default),
+    the run is a run of the preset as it is now: this gives the preset's description and only the fields that
+    still differ. Where the run's model or recipe differs from what its overrides make of the preset now
+    (the preset changed in some other way), or the preset is gone, the recorded terms are returned unchanged.
+    """
+    recorded = (config.description, dict(config.overrides or {}))
+    preset = PRESETS.get(config.preset)
+    if preset is None or preset.model != config.model:
+        return recorded
+    try:
+        now, changed = apply_overrides(preset, config.overrides or {})
+    except ZooError:
+        return recorded
+    ran = json.loads(json.dumps(config.model_config))
+    wants = json.loads(json.dumps(model_arguments(now)))  # the preset's values and the model's own defaults
+    same_model = all(ran[k] == v for k, v in wants.items() if k in ran)
+    same_recipe = all(config.training.get(k) == getattr(now, k) for k in RECIPE_FIELDS if k in config.training)
+    if not (same_model and same_recipe):
+        return recorded
+    return now.description, {k: v for k, v in (config.overrides or {}).items() if k in changed}
+
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
 
 
