@@ -213,16 +213,16 @@ def test_a_run_whose_set_values_the_preset_adopted_is_a_run_of_the_preset(monkey
     import dataclasses
 
     preset = presets.get_preset("conv_ae_mnist")
-    trained, _ = presets.apply_overrides(preset, {"convs_per_stage": 2, "residual": True, "epochs": 3})
+    trained, _ = presets.apply_overrides(preset, {"convs_per_stage": 3, "epochs": 3})  # 3: no preset has it
     config = schema.RunConfig(
         preset=preset.name, model=preset.model, dataset=preset.dataset,
         model_config=dict(presets.model_arguments(trained), input_shape=[28, 28, 1], name="conv_ae"),
         training=dict(trained.recipe(), backend="tensorflow"), input_shape=[28, 28, 1], latent_dim=30,
-        description=trained.description, overrides={"convs_per_stage": 2, "residual": True, "epochs": 3})
+        description=trained.description, overrides={"convs_per_stage": 3, "epochs": 3})
     assert presets.as_now(config) == (trained.description, config.overrides)  # the preset as it is today
-    # The preset adopts the two model values: only the epochs still differ, and the description is the preset's.
+    # The preset adopts the model value: only the epochs still differ, and the description is the preset's.
     adopted = dataclasses.replace(preset, description=preset.description + " (deeper)", model_config=dict(
-        preset.model_config, convs_per_stage=2, residual=True))
+        preset.model_config, convs_per_stage=3))
     monkeypatch.setitem(presets.PRESETS, preset.name, adopted)
     assert presets.as_now(config) == (adopted.description, {"epochs": 3})
     # A preset that changed in another way (its filters) keeps the run's recorded terms: the run is of an old recipe.
@@ -231,7 +231,7 @@ def test_a_run_whose_set_values_the_preset_adopted_is_a_run_of_the_preset(monkey
     assert presets.as_now(config) == (trained.description, config.overrides)
     # So does a run whose recorded model is not what its overrides make of the preset now, or a preset gone.
     monkeypatch.setitem(presets.PRESETS, preset.name, adopted)
-    assert presets.as_now(dataclasses.replace(config, model_config=dict(config.model_config, kernel_size=5))) == (
+    assert presets.as_now(dataclasses.replace(config, model_config=dict(config.model_config, kernel_size=7))) == (
         trained.description, config.overrides)
     monkeypatch.delitem(presets.PRESETS, preset.name)
     assert presets.as_now(config) == (trained.description, config.overrides)
