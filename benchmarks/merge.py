@@ -24,22 +24,23 @@ def _run(result, models):
             "load_average_1min": (result.get("machine") or {}).get("load_average_1min")}
 
 
+def _at(result, path):
+    """The value at a dotted `path` of a result ("machine.versions.onnxruntime"), None where any part is missing."""
+    for key in path.split("."):
+        result = (result or {}).get(key)
+    return result
+
+
+CHECKED = (("schema", "device") + tuple("machine." + k for k in SAME_MACHINE)
+           + tuple("machine.versions." + k for k in SAME_VERSIONS) + tuple("settings." + k for k in SAME_SETTINGS))
+
+
 def differences(old, new):
     """What differs between two results that must not (["settings.threads: 2 then 1", ...]); empty if none."""
-    found = []
-    if old.get("schema") != new.get("schema"):
-        found.append("schema: {} then {}".format(old.get("schema"), new.get("schema")))
-    if old.get("device") != new.get("device"):
-        found.append("device: {} then {}".format(old.get("device"), new.get("device")))
-    pairs = [("machine." + k, (old.get("machine") or {}).get(k), (new.get("machine") or {}).get(k))
-             for k in SAME_MACHINE]
-    pairs += [("machine.gpus", [g.get("name") for g in (old.get("machine") or {}).get("gpus") or []],
-               [g.get("name") for g in (new.get("machine") or {}).get("gpus") or []])]
-    pairs += [("versions." + k, ((old.get("machine") or {}).get("versions") or {}).get(k),
-               ((new.get("machine") or {}).get("versions") or {}).get(k)) for k in SAME_VERSIONS]
-    pairs += [("settings." + k, (old.get("settings") or {}).get(k), (new.get("settings") or {}).get(k))
-              for k in SAME_SETTINGS]
-    found += ["{}: {} then {}".format(k, a, b) for k, a, b in pairs if a != b]
+    found = ["{}: {} then {}".format(p, _at(old, p), _at(new, p)) for p in CHECKED if _at(old, p) != _at(new, p)]
+    gpus = [[g.get("name") for g in _at(r, "machine.gpus") or []] for r in (old, new)]
+    if gpus[0] != gpus[1]:
+        found.append("machine.gpus: {} then {}".format(*gpus))
     return found
 
 

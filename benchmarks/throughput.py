@@ -14,7 +14,7 @@ benchmarks.targets checks the issues' targets and benchmarks.report writes JSON,
 import argparse
 import sys
 
-from benchmarks import machine
+from benchmarks import machine, merge
 from benchmarks.discovery import PARTS, PRECISIONS, RUNS_DIR, ExportedModel, find_all, read_metadata, resolve_model
 from benchmarks.errors import BenchmarkError, DeviceUnavailableError, ModelNotFoundError
 from benchmarks.measure import DEFAULT_BATCH_SIZES, SCHEMA, bench_part, run_benchmark
@@ -104,7 +104,9 @@ def build_parser():
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--merge", action="store_true",
-                        help="keep the other models of the result already in --out (same machine, software and settings, else refused) and replace only the models measured now: for a model retrained on a new recipe")
+                        help="keep the other models of the result already in --out (same machine, software and "
+                             "settings, else refused) and replace only the models measured now: for a model "
+                             "retrained on a new recipe")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -138,13 +140,10 @@ def main(argv=None):
     return 0
 
 
-
 def merge_into(result, out):
     """`result` merged into the result of its device already in `out` (benchmarks.merge)."""
     import json
     from pathlib import Path
-
-    from benchmarks import merge
 
     path = Path(out) / (output_stem(result["device"]) + ".json")
     try:
@@ -154,6 +153,7 @@ def merge_into(result, out):
     except (OSError, ValueError) as exc:
         raise BenchmarkError("--merge: cannot read {}: {}.".format(path, exc)) from None
     return merge.merge(old, result, where=str(path))
+
 
 if __name__ == "__main__":
     sys.exit(main())

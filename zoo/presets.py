@@ -239,7 +239,6 @@ def build_model(preset, changed=None):
             preset.name, preset.model, ", ".join("{}={}".format(k, _show(changed[k])) for k in keys), reason)) from None
 
 
-
 def as_now(config):
     """(description, overrides) of a run's config (schema.RunConfig) against its preset as the preset is now.
 
@@ -264,6 +263,7 @@ def as_now(config):
     if not (same_model and same_recipe):
         return recorded
     return now.description, {k: v for k, v in (config.overrides or {}).items() if k in changed}
+
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
 
