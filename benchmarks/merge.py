@@ -16,6 +16,9 @@ SAME_VERSIONS = ("python", "numpy", "onnx", "onnxruntime", "tensorflow", "keras"
 SAME_SETTINGS = ("device", "provider", "threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
                  "allow_spinning", "batch_sizes", "repeats", "max_seconds_per_point", "min_runs", "warmup_seconds",
                  "copy_inclusive", "tf_baseline", "tf_bf16_baseline", "jax_baseline", "cuda_graphs", "timing")
+#: How far apart two runs' MatMul peaks may be and still be one machine. A cloud VM's CPU name does not name its
+#: host: "AMD EPYC" measured 430 GFLOP/s on one and 180 on another; one run's start and end differ by up to 7%.
+PEAK_TOLERANCE = 0.15
 
 
 def _run(result, models):
@@ -41,6 +44,10 @@ def differences(old, new):
     gpus = [[g.get("name") for g in _at(r, "machine.gpus") or []] for r in (old, new)]
     if gpus[0] != gpus[1]:
         found.append("machine.gpus: {} then {}".format(*gpus))
+    peaks = [_at(r, "peak.gflops_per_s") for r in (old, new)]
+    if all(peaks) and abs(peaks[1] - peaks[0]) > PEAK_TOLERANCE * max(peaks):
+        found.append("peak.gflops_per_s: {:.1f} then {:.1f}, more than {:.0%} apart: another host behind the same "
+                     "CPU name".format(*peaks, PEAK_TOLERANCE))
     return found
 
 

@@ -196,8 +196,13 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
 
 
 
-def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, capsys):
+def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, capsys, monkeypatch):
     """--merge: a retrained model is measured again and spliced into the committed result of the same machine."""
+    from benchmarks import machine
+
+    # A 128x128 MatMul's speed is noise on a busy machine; merge compares the two runs' peaks (PEAK_TOLERANCE).
+    monkeypatch.setattr(machine, "measure_peak", lambda device, threads, sizes, when="start", spin=True: [
+        {"n": 128, "when": when, "runs": 5, "latency_us_p50": 42.0, "gflops_per_s": 100.0}])
     out = tmp_path / "results"
     args = [str(export_dir), "--out", str(out), "--threads", "1", "--no-tf", "--no-plot", "--quiet"] + FAST
     assert throughput.main(args + ["--merge"]) == 2  # nothing to merge into yet: one line, nothing written
@@ -242,6 +247,10 @@ def test_merge_refuses_other_software():
     with pytest.raises(throughput.BenchmarkError, match="versions.onnxruntime: 1.31.0 then 1.32.0"):
         merge.merge(old, new)
     assert merge.differences(old, dict(old)) == []
+    # One CPU name, two hosts: the MatMul peak tells them apart; a run's own spread does not.
+    assert merge.differences(dict(old, peak={"gflops_per_s": 430.5}), dict(old, peak={"gflops_per_s": 402.0})) == []
+    with pytest.raises(throughput.BenchmarkError, match="peak.gflops_per_s: 430.5 then 181.6, more than 15% apart"):
+        merge.merge(dict(old, peak={"gflops_per_s": 430.5}), dict(old, peak={"gflops_per_s": 181.6}))
 
 def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]
