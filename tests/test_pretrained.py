@@ -3,6 +3,7 @@ every weight stored once and rebuilt bit for bit."""
 
 import hashlib
 import json
+import os
 import socket
 
 import numpy as np
@@ -158,3 +159,31 @@ def test_from_preset_reproduces_the_released_test_error(name):
     error = float(np.mean(np.sum(np.square(test - recon), axis=(1, 2, 3))))
     released = schema.Manifest.load(RELEASE / name).metrics["metrics"]["sq_error_per_image"]
     assert error == pytest.approx(released, rel=0.01)
+
+
+@pytest.mark.realdata  # the release's parity check reads the real test images
+@pytest.mark.skipif(not os.path.isdir(data.DEBIAN_FASHION_MNIST_DIR), reason="apt-get install dataset-fashion-mnist")
+def test_released_weights_as_a_run_dir_release_again_unchanged(tmp_path, capsys):
+    """`aezoo weights fetch PRESET --run-dir DIR` writes a run dir of the released weights that export.release takes:
+    re-released by this aezoo, the bundle holds the same weights, recipe and metrics; a folder the user made is
+    never replaced."""
+    from export import release
+
+    run = tmp_path / "runs" / SMALL
+    assert weights.main(["fetch", SMALL, "--run-dir", str(run), "--quiet"]) == 0
+    assert "run_dir: {}".format(run) in capsys.readouterr().out
+    config = schema.RunConfig.load(run)
+    old = schema.Manifest.load(RELEASE / SMALL)
+    assert config.weights_source == {"release": old.release, "bundle": str(tmp_path / "cache" / SMALL),
+                                     "weights_sha256": old.weights_sha256}
+    assert (config.preset, config.training, config.model_config) == (SMALL, old.training, old.model_config)
+    assert schema.RunMetrics.load(run).metrics == old.metrics["metrics"]
+    new = schema.Manifest.load(release.release([run], tmp_path / "dist", verbose=0)[SMALL])
+    for field in ("weights_sha256", "training", "model_config", "metrics", "description", "overrides"):
+        assert getattr(new, field) == getattr(old, field), field
+    assert new.versions["training"] == old.versions["training"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert weights.main(["fetch", SMALL, "--run-dir", str(mine), "--quiet"]) == 2
+    assert (mine / "notes.txt").read_text() == "keep" and "Traceback" not in capsys.readouterr().err

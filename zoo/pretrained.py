@@ -187,3 +187,34 @@ def from_preset(name, pretrained=True, *, source=None, cache_dir=None, verbose=F
             name, ", ".join("{}={!r}".format(k, v) for k, v in overrides.items()) or "its released config",
             exc)) from None
     return load_into(model, paths["dir"])
+
+
+def write_run_dir(name, out, *, source=None, cache_dir=None, verbose=False):
+    """Write a run dir (model.keras, config.json, metrics.json) holding preset `name`'s released weights, which
+    `python -m export` and `python -m export.release` take like a run trained here: released weights exported
+    again by this aezoo's exporter (a newer graph form, other precisions) without training them again.
+
+    config.json and metrics.json are the release manifest's (recipe, versions of the training, test metrics);
+    `weights_source` in config.json names the release and the weights' sha256. `out` is replaced only if it is
+    empty or a run dir (aezoo's marker). Returns `out`."""
+    from zoo import weights
+
+    out = Path(out)
+    model = from_preset(name, source=source, cache_dir=cache_dir, verbose=verbose)
+    bundle = weights.fetch(name, format="keras", source=source, cache_dir=cache_dir, verbose=False)["dir"]
+    manifest = schema.Manifest.load(bundle)
+    config = schema.RunConfig(
+        preset=manifest.preset, model=manifest.model, dataset=manifest.dataset, model_config=manifest.model_config,
+        training=manifest.training, input_shape=manifest.input_shape, latent_dim=manifest.latent_dim,
+        description=manifest.description, parameters=int(model.count_params()),
+        normalization=manifest.normalization, versions=dict((manifest.versions or {}).get("training") or {}),
+        overrides=dict(manifest.overrides or {}),
+        weights_source={"release": manifest.release, "bundle": str(bundle), "weights_sha256": manifest.weights_sha256})
+    metrics = manifest.metrics or {}
+    with fileio.atomic_dir(out, "run", schema.RUN_FILES) as tmp:
+        model.save(str(tmp / schema.MODEL))
+        config.save(tmp)
+        if metrics.get("metrics"):
+            schema.RunMetrics(split=metrics.get("split"), num_images=metrics.get("num_images"),
+                              metrics=metrics["metrics"], units=metrics.get("units") or {}).save(tmp)
+    return out

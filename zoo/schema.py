@@ -150,6 +150,9 @@ class RunConfig(_Record):
     normalization: str = NORMALIZATION
     versions: dict = dataclasses.field(default_factory=dict)
     overrides: dict = dataclasses.field(default_factory=dict)
+    #: where the weights came from when they were not trained in this run dir: {"release", "bundle",
+    #: "weights_sha256"} for a run dir written from released weights (zoo.pretrained.write_run_dir)
+    weights_source: dict = None
     format_version: int = FORMAT_VERSION
 
     @property

@@ -521,7 +521,8 @@ def main(argv=None):
     parser = make_parser("zoo.weights", "Download released aezoo weights into a sha256-checked cache.", [
         "list --source https://example.org/aezoo/v0.1",
         "fetch dae_mnist --format onnx          # source from $ZOO_WEIGHTS_URL",
-        "fetch conv_ae_fashion_mnist --format keras --source dist/ --cache-dir /tmp/w"])
+        "fetch conv_ae_fashion_mnist --format keras --source dist/ --cache-dir /tmp/w",
+        "fetch conv_ae_fashion_mnist --run-dir runs/conv_ae_fashion_mnist   # then python -m export.release ..."])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch", help="download (or reuse from the cache) one preset's weights")
     p.add_argument("preset", help="preset name, e.g. dae_mnist")
@@ -531,6 +532,9 @@ def main(argv=None):
     p.add_argument("--cache-dir", help="default ${} or {}".format(ENV_CACHE, DEFAULT_CACHE))
     p.add_argument("--refresh", action="store_true", help="download the manifest again even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress output; print only the paths")
+    p.add_argument("--run-dir", help="also write a run dir holding these weights (model.keras, config.json, "
+                                     "metrics.json), which python -m export and python -m export.release take: "
+                                     "released weights exported again by this aezoo")
     p = sub.add_parser("list", help="list the presets a release holds (its index.json)")
     p.add_argument("--source")
     p.add_argument("--cache-dir")
@@ -549,6 +553,11 @@ def main(argv=None):
             return 0
         paths = fetch(args.preset, format=args.format, source=args.source, cache_dir=args.cache_dir,
                       refresh=args.refresh, verbose=not args.quiet)
+        if args.run_dir:
+            from zoo import pretrained
+
+            paths["run_dir"] = pretrained.write_run_dir(args.preset, args.run_dir, source=args.source,
+                                                        cache_dir=args.cache_dir)
         for name, path in paths.items():
             print("{}: {}".format(name, path))
         return 0
