@@ -7,6 +7,7 @@ import sys
 from export.layout import DEFAULT_OPSET, FORMATS
 
 LAYOUTS = ("nhwc", "nchw")  # export.optimize.LAYOUTS, here without importing onnx
+CONV_TRANSPOSE_FORMS = ("phases", "slice")  # export.optimize.CONV_TRANSPOSE_FORMS, default first
 from zoo import _startup
 from zoo.cli import make_parser
 from zoo.errors import run_cli
@@ -26,6 +27,10 @@ def export_parser():
     parser.add_argument("--layout", default=LAYOUTS[0],
                         help="nhwc or nchw: image layout of the ONNX files' inputs and outputs (default "
                              "%(default)s; nchw has no Transpose at the input; the SavedModel stays nhwc)")
+    parser.add_argument("--conv-transpose", default=CONV_TRANSPOSE_FORMS[0], choices=CONV_TRANSPOSE_FORMS,
+                        help="form of the transposed convolutions in the ONNX files: phases (one Conv per output "
+                             "phase; faster on the CPU, int8 included) or slice (ConvTranspose, cropped); default "
+                             "%(default)s")
     parser.add_argument("--precision", default="fp32",
                         help="comma-separated: fp32,fp16,int8 (default fp32). fp16 (GPUs) and int8 (CPUs) files are "
                              "measured against fp32 on the test split and kept only within tolerance; parity.json "
@@ -48,7 +53,7 @@ def export_main(argv=None):
 
         exporter.export_run(args.run_dir, formats=args.formats, opset=args.opset, out=args.out,
                             data_dir=args.data_dir, verbose=0 if args.quiet else 1, layout=args.layout,
-                            precisions=args.precision)
+                            precisions=args.precision, conv_transpose=args.conv_transpose)
         return 0
 
     return run_cli(body, interrupted="Interrupted; nothing was written (the previous export, if any, is unchanged).")

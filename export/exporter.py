@@ -173,10 +173,12 @@ def _finish_graph(proto, input_name, outputs):
         dim.dim_param = "batch"
 
 
-def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT):
+def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT,
+            conv_transpose=optimize.DEFAULT_CONV_TRANSPOSE):
     """One endpoint as a lean ONNX ModelProto (export.optimize) with named inputs/outputs, dynamic batch and
     aezoo metadata. layout="nchw" takes and gives images as NCHW; the metadata then says so (aezoo.layout,
-    aezoo.input_shape as (C, H, W))."""
+    aezoo.input_shape as (C, H, W)). `conv_transpose` is the form of transposed convolutions
+    (optimize.CONV_TRANSPOSE_FORMS)."""
     fn, spec = endpoints(model)[endpoint]
     function = tf.function(fn, input_signature=[spec])
     try:
@@ -188,7 +190,7 @@ def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT):
             ROLES[endpoint], model.registry_name, opset, type(exc).__name__, exc)) from None
     _finish_graph(proto, spec.name, output_names(model, endpoint))
     try:
-        proto = optimize.lean(proto, layout=layout)
+        proto = optimize.lean(proto, layout=layout, conv_transpose=conv_transpose)
     except optimize.OptimizeError as exc:
         raise ExportError("Cannot make the {} of {} lean: {}".format(
             ROLES[endpoint], model.registry_name, exc)) from None
@@ -358,13 +360,15 @@ class ExportResult:
 
 def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_dir=None, images=None,
                tolerance=TOLERANCE, verbose=1, layout=optimize.DEFAULT_LAYOUT, precisions=("fp32",),
-               variant_tolerances=None):
+               variant_tolerances=None, conv_transpose=optimize.DEFAULT_CONV_TRANSPOSE):
     """Export a run dir (or preset name) and check parity; returns an ExportResult.
 
     Everything is written to a temporary folder and moved to `out` (default RUN_DIR/export/) only
     when the parity check passes; a failed check raises ParityError and leaves `out` as it was.
     `images` (float32 NHWC in [0, 1]) replaces the dataset's test images in the parity check.
     `layout` "nchw" makes the ONNX files take and give NCHW images (the SavedModel stays NHWC).
+    `conv_transpose` "slice" keeps transposed convolutions as ConvTranspose ("phases", the default, makes them
+    Convs: faster on the CPU; export.optimize).
     `precisions` beyond "fp32" add variants of the ONNX files (export.precision): each is measured against
     float32 on the test split and kept only within its tolerance (`variant_tolerances` {precision: {...}}
     overrides precision.TOLERANCES); parity.json's `variants` says how each did.
@@ -377,6 +381,9 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
     if layout not in optimize.LAYOUTS:
         raise ExportError("Unknown layout {!r}; choose {} (default {}).".format(
             layout, " or ".join(optimize.LAYOUTS), optimize.DEFAULT_LAYOUT))
+    if conv_transpose not in optimize.CONV_TRANSPOSE_FORMS:
+        raise ExportError("Unknown ConvTranspose form {!r}; choose {} (default {}).".format(
+            conv_transpose, " or ".join(optimize.CONV_TRANSPOSE_FORMS), optimize.DEFAULT_CONV_TRANSPOSE))
     precisions = precision.parse_precisions(precisions)
     if len(precisions) > 1 and "onnx" not in formats:
         raise ExportError("Precision variants ({}) are ONNX files; add onnx to --formats.".format(
@@ -401,16 +408,16 @@ def export_run(run_dir, *, formats=FORMATS, opset=DEFAULT_OPSET, out=None, data_
         if verbose:
             print(message, flush=True)
 
-    options = {"layout": layout, "precisions": precisions, "variant_tolerances": variant_tolerances,
-               "data_dir": data_dir}
+    options = {"layout": layout, "conv_transpose": conv_transpose, "precisions": precisions,
+               "variant_tolerances": variant_tolerances, "data_dir": data_dir}
     try:
         return _export(run, formats, opset, out, images, inputs, tolerance, say, **options)
     except OSError as exc:
         raise ExportError("Cannot write the export to {}: {}".format(out, exc)) from None
 
 
-def _export(run, formats, opset, out, images, inputs, tolerance, say, layout, precisions, variant_tolerances,
-            data_dir):
+def _export(run, formats, opset, out, images, inputs, tolerance, say, layout, conv_transpose, precisions,
+            variant_tolerances, data_dir):
     meta = metadata(run, opset)
     with atomic_dir(out, EXPORT_KIND, EXPORT_FILES) as tmp:
         files = {}
@@ -420,7 +427,7 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say, layout, pr
         if "onnx" in formats:
             for endpoint, name in ENDPOINT_FILES.items():
                 say("ONNX {} (opset {}) -> {}".format(ROLES[endpoint], opset, out / name))
-                proto = to_onnx(run.model, endpoint, opset, meta, layout=layout)
+                proto = to_onnx(run.model, endpoint, opset, meta, layout=layout, conv_transpose=conv_transpose)
                 with fileio.atomic_path(tmp / name) as path:
                     onnx.save_model(proto, str(path))
                 files[name] = tmp / name
@@ -429,6 +436,7 @@ def _export(run, formats, opset, out, images, inputs, tolerance, say, layout, pr
         parity["preset"] = run.preset
         parity["formats"] = list(formats)
         parity["opset"] = opset if "onnx" in formats else None
+        parity["conv_transpose"] = conv_transpose if "onnx" in formats else None
         if not parity["passed"]:
             failed = [c for c in parity["checks"] if not c["passed"]]
             raise ParityError("Parity check failed for {} (tolerance {}); nothing was written to {}:\n{}".format(

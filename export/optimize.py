@@ -1,6 +1,8 @@
 """Lean ONNX graphs: onnxslim's optimizer first, then what it leaves to us: reshape targets fixed except the
-batch axis, images in NHWC or NCHW with one layout change at most at each end, and ConvTranspose in a form
-onnxruntime's CUDA provider runs. Every rewrite computes the same numbers; the exporter's parity check confirms it.
+batch axis, images in NHWC or NCHW with one layout change at most at each end, transposed convolutions as
+Convs onnxruntime runs at its Conv speed (or as ConvTranspose in a form its CUDA provider runs), and an image-
+making head split so that it is not padded to 16 channels. Every rewrite computes the same numbers; the
+exporter's parity check confirms it.
 """
 
 import numpy as np
@@ -11,10 +13,13 @@ LAYOUTS = ("nhwc", "nchw")
 DEFAULT_LAYOUT = "nhwc"
 #: How a shape computed at run time shows in a graph; a lean graph has none of these.
 DYNAMIC_SHAPE_OPS = ("Shape", "Gather", "Concat")
-#: The two forms of a stride-2 "same" ConvTranspose. Both are exact; "slice" measured faster on the CPU (see
-#: subpixel_conv_transpose) and keeps the Keras kernel as it is, so a release can map it bit for bit.
-CONV_TRANSPOSE_FORMS = ("slice", "subpixel")
-DEFAULT_CONV_TRANSPOSE = "slice"
+#: The forms of a stride-2 "same" ConvTranspose, both exact: "phases" (phase_conv_transpose) measured faster on
+#: the CPU in float32 and int8; "slice" (symmetric_conv_transpose) keeps the ConvTranspose and the Keras kernel as
+#: they are. Which is faster on a GPU is not measured yet.
+CONV_TRANSPOSE_FORMS = ("phases", "slice")
+DEFAULT_CONV_TRANSPOSE = "phases"
+#: What the names of the nodes phase_conv_transpose writes hold.
+PHASE_MARK = "__phase"
 
 _INT64_MAX = np.iinfo(np.int64).max
 _TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -40,9 +45,10 @@ def lean(proto, layout=DEFAULT_LAYOUT, conv_transpose=DEFAULT_CONV_TRANSPOSE):
         _images_nchw(proto.graph)
     proto = slim(proto)
     static_reshapes(proto)
-    if conv_transpose == "subpixel":
-        subpixel_conv_transpose(proto.graph)
-    symmetric_conv_transpose(proto.graph)
+    if conv_transpose == "phases":
+        phase_conv_transpose(proto)
+    symmetric_conv_transpose(proto.graph)  # the ConvTransposes left, if any
+    split_head_conv(proto.graph)
     prune(proto.graph)
     return _infer_shapes(proto)
 
@@ -295,57 +301,184 @@ def _phase_taps(kernel, stride, pad_begin):
     return first, max(offsets) - first + 1, {p: {d - first: k for d, k in t.items()} for p, t in taps.items()}
 
 
-def subpixel_conv_transpose(graph):
-    """Rewrite each ConvTranspose whose output is exactly stride x its input (Keras' 'same') as a Conv to
-    stride^2 x the channels and a DepthToSpace (the sub-pixel form): the same sums, in a different order.
+def _phase_form(node, initializers, shapes):
+    """(kernel, bias or None, stride, taps along H, taps along W, input H, input W) of a ConvTranspose whose
+    output is exactly stride x its input (Keras' 'same'), with static spatial input dims; else None."""
+    attrs = _attrs(node)
+    weight = initializers.get(node.input[1]) if node.op_type == "ConvTranspose" and len(node.input) > 1 else None
+    if weight is None or len(weight.dims) != 4 or attrs.get("group", 1) != 1 or "output_shape" in attrs \
+            or any(attrs.get("output_padding", [0])) or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in initializers:
+            return None
+        bias = numpy_helper.to_array(initializers[node.input[2]])
+    w = numpy_helper.to_array(weight)  # (in channels, out channels, kH, kW)
+    strides, pads = list(attrs.get("strides", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0]))
+    dims = shapes.get(node.input[0]) or []
+    if len(set(strides)) != 1 or strides[0] < 2 or w.shape[2] - pads[0] - pads[2] != strides[0] \
+            or w.shape[3] - pads[1] - pads[3] != strides[1] or len(dims) != 4 \
+            or not all(isinstance(d, int) and d > 0 for d in dims[2:]):
+        return None
+    return w, bias, strides[0], _phase_taps(w.shape[2], strides[0], pads[0]), \
+        _phase_taps(w.shape[3], strides[0], pads[1]), dims[2], dims[3]
 
-    Measured on onnxruntime 1.32's CPU provider (conv_ae_fashion_mnist decoder, 2 threads), the sub-pixel
-    form was slower than ConvTranspose + Slice, and it stores a rearranged kernel that a release cannot map
-    back to the Keras weights; so it is an option (lean(conv_transpose="subpixel")), not the default.
-    """
-    nodes, changed = [], 0
+
+def phase_conv_transpose(proto):
+    """Rewrite each ConvTranspose whose output is exactly stride x its input (Keras' 'same') as one Conv per
+    output phase (stride^2 of them, each with only the kernel taps that reach its phase: no zeros, no extra
+    multiply-adds) whose outputs are interleaved in NHWC by two Concats and a Reshape, between one Transpose
+    to NHWC per phase and one back: the same sums, in a different order. A Relu that alone reads the
+    ConvTranspose moves onto the phase convolutions, where onnxruntime fuses it.
+
+    Why: onnxruntime's CPU provider runs ConvTranspose as a GEMM and a col2im at about a third of its Conv speed
+    (conv_ae_fashion_mnist's decoder, 2 threads) and has no integer kernel for it, so int8 files left it float.
+    The phase Convs run in its blocked-channel (NCHWc) and int8 (NHWC QLinearConv) kernels, and its layout
+    optimizer cancels the Transposes against its own; a DepthToSpace there (NCHW only) cost more than the
+    convolutions. conv_ae_fashion_mnist's decoder on a 2-core AMD EPYC (Zen 4), against the "slice" form
+    (benchmarks/results/conv_transpose_forms/): int8 1.6-3.7x at batch >= 8, float32 0.95-1.54x at batch >= 8
+    but 0.65x at batch 1 (more nodes); int8's sq. error +1.44% of float32 (slice +1.2%).
+    Returns the number of ConvTransposes rewritten."""
+    graph = proto.graph
+    if not any(n.op_type == "ConvTranspose" for n in graph.node):
+        return 0
+    shapes, initializers = _shapes(proto), {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    nodes, dropped, changed = [], set(), 0
+    for node in graph.node:
+        form = _phase_form(node, initializers, shapes)
+        if form is None:
+            nodes.append(node)
+            continue
+        w, bias, s, (first_h, _, map_h), (first_w, _, map_w), height, width = form
+        c_out = w.shape[1]
+        axes, steps = _add_initializer(graph, node.name + PHASE_MARK + "_axes", np.array([2, 3], np.int64)), \
+            _add_initializer(graph, node.name + PHASE_MARK + "_steps", np.array([-s, -s], np.int64))
+        readers = _consumers(graph, node.output[0])
+        relu = readers[0] if len(readers) == 1 and readers[0].op_type == "Relu" \
+            and node.output[0] not in outputs else None
+        prefix, rows = node.name + PHASE_MARK, []
+        for py in range(s):
+            row = []
+            for px in range(s):
+                taps_h, taps_w = sorted(map_h[py]), sorted(map_w[px])
+                # Phase (py, px) reads input rows first_h + taps_h and columns first_w + taps_w, with kernel rows
+                # map_h[py][taps_h[0]], that - s, ... (and columns likewise): a Slice of the kernel with step -s,
+                # then (in, out) -> (out, in). The file keeps the layer's own kernel (a release maps it to Keras);
+                # onnxruntime folds the Slice and Transpose into the phase kernel once, when the session starts.
+                starts = [map_h[py][taps_h[0]], map_w[px][taps_w[0]]]
+                ends = [k - s * len(t) if k - s * len(t) >= 0 else -_INT64_MAX
+                        for k, t in zip(starts, (taps_h, taps_w))]
+                top, left = first_h + taps_h[0], first_w + taps_w[0]
+                bottom, right = first_h + taps_h[-1], first_w + taps_w[-1]
+                name = _unique(graph, "{}{}{}".format(prefix, py, px))
+                nodes += [
+                    helper.make_node("Slice", [node.input[1], _add_initializer(graph, name + "_starts", np.array(
+                        starts, np.int64)), _add_initializer(graph, name + "_ends", np.array(ends, np.int64)), axes,
+                        steps], [name + "_taps"], name=name + "_taps"),
+                    helper.make_node("Transpose", [name + "_taps"], [name + "_kernel"], perm=[1, 0, 2, 3],
+                                     name=name + "_kernel")]
+                inputs = [node.input[0], name + "_kernel"] + ([node.input[2]] if bias is not None else [])
+                conv = name
+                nodes.append(helper.make_node("Conv", inputs, [conv], name=conv, pads=[-top, -left, bottom, right],
+                                              kernel_shape=[len(taps_h), len(taps_w)]))
+                if relu is not None:
+                    nodes.append(helper.make_node("Relu", [conv], [conv + "_relu"], name=conv + "_relu"))
+                    conv += "_relu"
+                nodes.append(helper.make_node("Transpose", [conv], [conv + "_nhwc"], perm=_TO_NHWC,
+                                              name=conv + "_nhwc"))
+                row.append(conv + "_nhwc")
+            rows.append(_unique(graph, "{}_row{}".format(prefix, py)))
+            # [N, H, W, s*C]: the row's phases side by side, which is [N, H, s*W, C] in memory.
+            nodes.append(helper.make_node("Concat", row, [rows[-1]], axis=3, name=rows[-1]))
+        joined = _unique(graph, prefix + "_rows")
+        # [N, H, s*W, s*C] in memory is [N, s*H, s*W, C]: output row s*h + py follows row s*h + py - 1.
+        nodes.append(helper.make_node("Concat", rows, [joined], axis=2, name=joined))
+        shape = _add_initializer(graph, prefix + "_shape", np.array([-1, s * height, s * width, c_out], np.int64))
+        nodes.append(helper.make_node("Reshape", [joined, shape], [joined + "_nhwc"], name=joined + "_reshape"))
+        out = relu.output[0] if relu is not None else node.output[0]
+        nodes.append(helper.make_node("Transpose", [joined + "_nhwc"], [out], perm=_TO_NCHW, name=prefix + "_nchw"))
+        if relu is not None:
+            dropped.add(id(relu))
+        changed += 1
+    nodes = [n for n in nodes if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    prune(graph)
+    return changed
+
+
+#: The name suffix of the fixed one-hot Conv that split_head_conv adds: it sums taps and learns nothing, so an
+#: int8 file keeps it float with the layer it follows (export.precision).
+TAP_SUM_SUFFIX = "__tap_sum"
+#: Output channels up to which split_head_conv rewrites a Conv (an image's channels: 1 or 3).
+HEAD_MAX_CHANNELS = 4
+
+
+def _heads(graph):
+    """Names of the Convs that write a graph output through layers without weights only (a decoder's image)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    heads, seen, stack = set(), set(), [o.name for o in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "Conv":
+            heads.add(node.name)
+        elif node.op_type not in ("ConvTranspose", "Gemm", "MatMul"):
+            stack.extend(node.input)
+    return heads
+
+
+def split_head_conv(graph):
+    """Rewrite each k x k Conv (k > 1) to at most HEAD_MAX_CHANNELS output channels that makes a graph output
+    through layers without weights (a decoder's image: _heads) as a 1 x 1 Conv to k*k*channels taps and a fixed
+    one-hot k x k Conv that sums each output's taps with the original padding (and adds the bias): the same sums,
+    in a different order.
+
+    Why: onnxruntime's CPU provider computes a Conv in blocks of 16 output channels (NCHWc) and pads one output
+    channel to 16: conv_ae_fashion_mnist's reconstruction layer, 0.4% of the decoder's multiply-adds, took 8.6%
+    of its time (and 26% of the int8 decoder's, where it stays float). On a 2-core AMD EPYC (Zen 4), batch 256,
+    after phase_conv_transpose, in one development session: float32 decoder 1,775 -> 1,878 images/s, int8
+    4,804 -> 6,194.
+    Returns the number of Convs rewritten."""
     initializers = {t.name: t for t in graph.initializer}
+    heads = _heads(graph)
+    nodes, changed = [], 0
     for node in graph.node:
         attrs = _attrs(node)
-        weight = initializers.get(node.input[1]) if node.op_type == "ConvTranspose" and len(node.input) > 1 else None
-        if weight is None or weight.dims.__len__() != 4 or attrs.get("group", 1) != 1 \
-                or "output_shape" in attrs or any(attrs.get("output_padding", [0])) \
-                or any(d != 1 for d in attrs.get("dilations", [1, 1])) or attrs.get("auto_pad", b"NOTSET") not in (
-                    b"NOTSET", "NOTSET"):
+        weight = initializers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or node.name not in heads or len(weight.dims) != 4 \
+                or attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
+                or any(d != 1 for d in attrs.get("strides", [1, 1])) \
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weight)  # (in channels, out channels, kH, kW)
-        c_in, c_out, k_h, k_w = w.shape
-        strides = list(attrs.get("strides", [1, 1]))
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        if len(set(strides)) != 1 or strides[0] < 2 or k_h - pads[0] - pads[2] != strides[0] \
-                or k_w - pads[1] - pads[3] != strides[1]:
+        w = numpy_helper.to_array(weight)  # (out channels, in channels, kH, kW)
+        c_out, c_in, k_h, k_w = w.shape
+        if c_out > HEAD_MAX_CHANNELS or k_h * k_w == 1:
             nodes.append(node)
             continue
-        s = strides[0]
-        first_h, taps_h, map_h = _phase_taps(k_h, s, pads[0])
-        first_w, taps_w, map_w = _phase_taps(k_w, s, pads[1])
-        if first_h > 0 or first_w > 0 or taps_h - 1 + first_h < 0 or taps_w - 1 + first_w < 0:
-            nodes.append(node)
-            continue
-        kernel = np.zeros((s * s * c_out, c_in, taps_h, taps_w), w.dtype)
-        for py in range(s):
-            for px in range(s):
-                block = slice((py * s + px) * c_out, (py * s + px + 1) * c_out)  # DepthToSpace DCR order
-                for th, kh in map_h[py].items():
-                    for tw, kw in map_w[px].items():
-                        kernel[block, :, th, tw] = w[:, :, kh, kw].T
-        prefix = node.name + "__subpixel"
-        inputs = [node.input[0], _add_initializer(graph, prefix + "_kernel", kernel)]
-        if len(node.input) > 2 and node.input[2]:
-            bias = numpy_helper.to_array(initializers[node.input[2]])
-            inputs.append(_add_initializer(graph, prefix + "_bias", np.tile(bias, s * s)))
-        phases = prefix + "_phases"
-        nodes += [
-            helper.make_node("Conv", inputs, [phases], name=prefix + "_conv", kernel_shape=[taps_h, taps_w],
-                             pads=[-first_h, -first_w, taps_h - 1 + first_h, taps_w - 1 + first_w]),
-            helper.make_node("DepthToSpace", [phases], [node.output[0]], name=prefix, blocksize=s, mode="DCR"),
-        ]
+        taps = k_h * k_w
+        one_hot = np.zeros((c_out, c_out * taps, k_h, k_w), w.dtype)
+        for o in range(c_out):
+            for i in range(k_h):
+                for j in range(k_w):
+                    one_hot[o, o * taps + i * k_w + j, i, j] = 1
+        name = _unique(graph, node.name + "__taps")
+        # Tap (o, i, j): channel o * taps + i * k_w + j of the 1 x 1 Conv, whose kernel is the layer's own, moved
+        # (onnxruntime folds the Transpose and Reshape once, when the session starts; a release maps the kernel).
+        shape = _add_initializer(graph, name + "_shape", np.array([c_out * taps, c_in, 1, 1], np.int64))
+        nodes += [helper.make_node("Transpose", [node.input[1]], [name + "_moved"], perm=[0, 2, 3, 1],
+                                   name=name + "_moved"),
+                  helper.make_node("Reshape", [name + "_moved", shape], [name + "_kernel"], name=name + "_kernel"),
+                  helper.make_node("Conv", [node.input[0], name + "_kernel"], [name], name=name, kernel_shape=[1, 1])]
+        sums = [name, _add_initializer(graph, node.name + TAP_SUM_SUFFIX + "_kernel", one_hot)] + list(node.input[2:])
+        nodes.append(helper.make_node("Conv", sums, list(node.output), name=_unique(graph, node.name + TAP_SUM_SUFFIX),
+                                      kernel_shape=[k_h, k_w], pads=list(attrs.get("pads", [0, 0, 0, 0]))))
         changed += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -378,13 +511,28 @@ def op_counts(proto):
     return counts
 
 
+def weight_values(graph):
+    """Names of the initializers and of the tensors computed from them alone (onnxruntime folds those once,
+    when a session starts): everything in the graph that does not depend on its inputs."""
+    constant = {t.name for t in graph.initializer}
+    for node in graph.node:  # in topological order
+        if node.input and all(i in constant for i in node.input if i):
+            constant.update(node.output)
+    return constant
+
+
 def layout_transposes(proto):
-    """{"input": n, "output": n, "inner": n}: Transposes that read a graph input, write a graph output, or neither."""
+    """{"input": n, "output": n, "inner": n, "interleave": n, "weights": n}: Transposes that read a graph input,
+    write a graph output, change the layout inside, interleave the phases of a transposed convolution
+    (phase_conv_transpose: its NHWC form of DepthToSpace, which onnxruntime cancels against its own layout
+    changes), or move weights (computed once, when a session starts)."""
     graph = proto.graph
     inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
-    found = {"input": 0, "output": 0, "inner": 0}
+    constant = weight_values(graph)
+    found = {"input": 0, "output": 0, "inner": 0, "interleave": 0, "weights": 0}
     for node in graph.node:
         if node.op_type == "Transpose":
-            where = "input" if node.input[0] in inputs else "output" if node.output[0] in outputs else "inner"
+            where = "weights" if node.input[0] in constant else "input" if node.input[0] in inputs \
+                else "output" if node.output[0] in outputs else "interleave" if PHASE_MARK in node.name else "inner"
             found[where] += 1
     return found

@@ -47,9 +47,8 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Weight layers onnxruntime's CPU provider has no integer kernel for: in QDQ form it dequantizes their weights
 #: on every call and computes in float anyway (conv_ae_fashion_mnist's decoder: DequantizeLinear, ConvTranspose,
 #: QuantizeLinear), so the 'full' extent leaves them float (from int8-stored weights, see int8_weights): the
-#: rounding of their inputs and outputs cost accuracy for nothing (decoder sq. error +4.1% -> +1.2%). As Conv +
-#: DepthToSpace (optimize.subpixel_conv_transpose) they do run as QLinearConv, but the error stays +4.1% and
-#: the float DepthToSpace and the layout Transposes around each QLinearConv took more time than the convolutions.
+#: rounding of their inputs and outputs cost accuracy for nothing (decoder sq. error +4.1% -> +1.2%). Lean graphs
+#: have none by default: optimize.phase_conv_transpose makes them Convs, which do run as QLinearConv (+1.44%).
 FLOAT_KERNEL_OPS = ("ConvTranspose",)
 SELECTION_OPS = ("TopK", "ArgMax", "ArgMin")
 #: The files that get variants: the ones a release ships (autoencoder.onnx is encoder then decoder).
@@ -144,6 +143,12 @@ def fp16_model(proto):
     return _with_metadata(half, proto, "fp16")
 
 
+def _learned(node):
+    """A layer with learned weights: a weight op other than the fixed one-hot sum optimize.split_head_conv adds,
+    which stays float with the layer it follows."""
+    return node.op_type in WEIGHT_OPS and not node.name.endswith(optimize.TAP_SUM_SUFFIX)
+
+
 def float_layers(proto, code_input=False):
     """Names of the nodes an int8 file keeps in float ('inner' extent): on each path back from a graph output,
     the nodes up to and including the first weight layer; with `code_input`, the first weight layer on each path
@@ -156,7 +161,7 @@ def float_layers(proto, code_input=False):
         if node is None or node.name in keep:
             continue
         keep.append(node.name)
-        if node.op_type not in WEIGHT_OPS:
+        if not _learned(node):
             stack.extend(i for i in node.input if i in producer)
     if code_input:
         stack = [i.name for i in graph.input]
@@ -165,7 +170,7 @@ def float_layers(proto, code_input=False):
             for node in graph.node:
                 if name in node.input and node.name not in keep:
                     keep.append(node.name)
-                    if node.op_type not in WEIGHT_OPS:
+                    if not _learned(node):
                         stack.extend(node.output)
     return keep
 
@@ -184,7 +189,7 @@ def output_tail(proto):
         if node is None or (node.name, selected) in seen:
             continue
         seen.add((node.name, selected))
-        if node.op_type in WEIGHT_OPS:
+        if _learned(node):
             if selected and node.name not in keep:
                 keep.append(node.name)
             continue

@@ -153,10 +153,33 @@ def test_nchw_variants(runs, tmp_path):
     assert "Conv" in {n.op_type for n in model.graph.node} and _quantized_tensors(model)
 
 
-def test_int8_leaves_conv_transpose_in_float(runs, tmp_path):
-    """The CPU provider has no integer ConvTranspose: it computes in float, from int8-stored weights, and its
-    output is not rounded to 8 bits (its input is whatever the layer before wrote)."""
+def test_int8_runs_transposed_convolutions_as_integer_convs(runs, tmp_path):
+    """In the default ("phases") form a transposed convolution is Convs, which the CPU provider runs as
+    QLinearConv: their inputs and outputs are 8-bit. The image head stays float: the 1 x 1 taps Conv writes
+    float (no rounding of what the sigmoid reads) and the one-hot sum after it is no layer of its own."""
+    from export import optimize
+
     result = _export(runs("conv_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+    assert result.parity["variants"]["int8"]["extent"] == "full" and result.parity["conv_transpose"] == "phases"
+    model = onnx.load(str(result.out / "decoder.int8.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    quantized = _quantized_tensors(model)
+    assert "ConvTranspose" not in optimize.op_counts(model)
+    phases = [n for n in model.graph.node if n.op_type == "Conv" and optimize.PHASE_MARK in n.name]
+    assert len(phases) == 8
+    for node in phases:
+        assert producer[node.input[0]].op_type == "DequantizeLinear"
+        assert producer[node.input[1]].op_type == "DequantizeLinear"  # int8 weights, per channel
+    head = [n for n in model.graph.node if n.name.endswith(optimize.TAP_SUM_SUFFIX)]
+    assert len(head) == 1 and producer[head[0].input[0]].op_type == "Conv"  # the taps, float
+    assert not set(producer[head[0].input[0]].output) & quantized and not set(head[0].output) & quantized
+
+
+def test_int8_leaves_conv_transpose_in_float(runs, tmp_path):
+    """The CPU provider has no integer ConvTranspose ("slice" form): it computes in float, from int8-stored
+    weights, and its output is not rounded to 8 bits (its input is whatever the layer before wrote)."""
+    result = _export(runs("conv_ae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE,
+                     conv_transpose="slice")
     assert result.parity["variants"]["int8"]["extent"] == "full"
     model = onnx.load(str(result.out / "decoder.int8.onnx"))
     producer = {o: n for n in model.graph.node for o in n.output}

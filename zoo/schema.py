@@ -220,6 +220,9 @@ class Parity(_Record):
     preset: str = None
     formats: list = dataclasses.field(default_factory=list)
     opset: int = None
+    #: the form of the transposed convolutions in the ONNX files (export.optimize.CONV_TRANSPOSE_FORMS); None in
+    #: exports older than the "phases" form, which hold "slice"
+    conv_transpose: str = None
     reference: str = None
     onnxruntime: dict = dataclasses.field(default_factory=dict)
     #: {precision: how its variant of the ONNX files compares with fp32, and whether its files were kept}
