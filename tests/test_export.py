@@ -365,6 +365,11 @@ def test_conv_transpose_forms_compute_the_same(exports, tmp_path):
 
     from export import optimize
 
+    from export import cli
+
+    # The command line keeps its own copy (it does not import onnx): the same forms, the default first.
+    assert cli.CONV_TRANSPOSE_FORMS == optimize.CONV_TRANSPOSE_FORMS
+    assert cli.CONV_TRANSPOSE_FORMS[0] == optimize.DEFAULT_CONV_TRANSPOSE and cli.LAYOUTS == optimize.LAYOUTS
     run, result = exports("conv_ae")
     model = onnx.load(str(result.out / "decoder.onnx"))
     ops = optimize.op_counts(model)
