@@ -338,8 +338,9 @@ def phase_conv_transpose(proto):
     The phase Convs run in its blocked-channel (NCHWc) and int8 (NHWC QLinearConv) kernels, and its layout
     optimizer cancels the Transposes against its own; a DepthToSpace there (NCHW only) cost more than the
     convolutions. conv_ae_fashion_mnist's decoder on a 2-core AMD EPYC (Zen 4), against the "slice" form
-    (benchmarks/results/conv_transpose_forms/): int8 1.6-3.7x at batch >= 8, float32 0.95-1.54x at batch >= 8
-    but 0.65x at batch 1 (more nodes); int8's sq. error +1.44% of float32 (slice +1.2%).
+    (benchmarks/results/conv_transpose_forms/): int8 1.6-3.7x at batch >= 8, float32 0.95-1.54x; at batch 1,
+    timed alternately in one process, int8 1.79x and float32 1.08x. int8's sq. error +1.44% of float32 (slice
+    +1.2%).
     Returns the number of ConvTransposes rewritten."""
     graph = proto.graph
     if not any(n.op_type == "ConvTranspose" for n in graph.node):
