@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from export.optimize import TAP_SUM_SUFFIX
+
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Neg", "Abs", "Reciprocal", "Sqrt", "Exp", "Log", "Erf",
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -148,6 +150,10 @@ def _node_flops(node, shape):
     if op in ("Conv", "ConvTranspose"):
         w = shape(node.input[1])
         bias = math.prod(out) if len(node.input) > 2 and node.input[2] else 0
+        if TAP_SUM_SUFFIX in node.name:
+            # export.optimize.split_head_conv's fixed one-hot sum: the additions it does are the ones the layer's
+            # own Conv counted in its 2 x multiply-adds, which the taps Conv before it now counts; only its bias.
+            return bias
         taps = math.prod(w[2:])
         if op == "Conv":
             # W is (Cout, Cin/groups, k...): each output element sums Cin/groups * taps products.

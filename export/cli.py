@@ -4,10 +4,9 @@ TensorFlow, so they answer at once; the exporter is loaded only to export."""
 import os
 import sys
 
-from export.layout import DEFAULT_OPSET, FORMATS
+from export.layout import CONV_TRANSPOSE_FORMS, DEFAULT_OPSET, FORMATS
 
 LAYOUTS = ("nhwc", "nchw")  # export.optimize.LAYOUTS, here without importing onnx
-CONV_TRANSPOSE_FORMS = ("phases", "slice")  # export.optimize.CONV_TRANSPOSE_FORMS, default first
 from zoo import _startup
 from zoo.cli import make_parser
 from zoo.errors import run_cli

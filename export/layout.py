@@ -12,6 +12,8 @@ from zoo import schema
 
 FORMATS = ("savedmodel", "onnx")
 DEFAULT_OPSET = 17
+#: The forms of a transposed convolution in the ONNX files (export.optimize), the default first.
+CONV_TRANSPOSE_FORMS = ("phases", "slice")
 RUN_FILES = (schema.MODEL, schema.CONFIG)  # what an export needs from a run dir
 #: Endpoint -> ONNX file, for the exporter: `reconstruct` first (ExportArchive makes it serving_default).
 ENDPOINT_FILES = {endpoint: schema.ONNX_FILES[part] for endpoint, part in schema.ENDPOINTS.items()}

@@ -9,15 +9,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export.layout import CONV_TRANSPOSE_FORMS
+
 LAYOUTS = ("nhwc", "nchw")
 DEFAULT_LAYOUT = "nhwc"
-#: How a shape computed at run time shows in a graph; a lean graph has none of these.
-DYNAMIC_SHAPE_OPS = ("Shape", "Gather", "Concat")
-#: The forms of a stride-2 "same" ConvTranspose, both exact: "phases" (phase_conv_transpose) measured faster on
-#: the CPU in float32 and int8; "slice" (symmetric_conv_transpose) keeps the ConvTranspose and the Keras kernel as
-#: they are. Which is faster on a GPU is not measured yet.
-CONV_TRANSPOSE_FORMS = ("phases", "slice")
-DEFAULT_CONV_TRANSPOSE = "phases"
+#: The forms of a stride-2 "same" ConvTranspose (CONV_TRANSPOSE_FORMS, from export.layout, which the command line
+#: reads without onnx), both exact: "phases" (phase_conv_transpose) measured faster on the CPU in float32 and int8;
+#: "slice" (symmetric_conv_transpose) keeps the ConvTranspose. Which is faster on a GPU is not measured yet.
+DEFAULT_CONV_TRANSPOSE = CONV_TRANSPOSE_FORMS[0]
 #: What the names of the nodes phase_conv_transpose writes hold.
 PHASE_MARK = "__phase"
 
@@ -318,7 +317,7 @@ def _phase_form(node, initializers, shapes):
     w = numpy_helper.to_array(weight)  # (in channels, out channels, kH, kW)
     strides, pads = list(attrs.get("strides", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0]))
     dims = shapes.get(node.input[0]) or []
-    if len(set(strides)) != 1 or strides[0] < 2 or w.shape[2] - pads[0] - pads[2] != strides[0] \
+    if len(set(strides)) != 1 or strides[0] < 2 or min(pads) < 0 or w.shape[2] - pads[0] - pads[2] != strides[0] \
             or w.shape[3] - pads[1] - pads[3] != strides[1] or len(dims) != 4 \
             or not all(isinstance(d, int) and d > 0 for d in dims[2:]):
         return None
@@ -345,8 +344,11 @@ def phase_conv_transpose(proto):
     graph = proto.graph
     if not any(n.op_type == "ConvTranspose" for n in graph.node):
         return 0
-    shapes, initializers = _shapes(proto), {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    try:
+        shapes = _shapes(proto)
+    except Exception:  # onnx's shape inference failed: leave the ConvTransposes to symmetric_conv_transpose
+        return 0
+    initializers, outputs = {t.name: t for t in graph.initializer}, {o.name for o in graph.output}
     nodes, dropped, changed = [], set(), 0
     for node in graph.node:
         form = _phase_form(node, initializers, shapes)
@@ -355,12 +357,13 @@ def phase_conv_transpose(proto):
             continue
         w, bias, s, (first_h, _, map_h), (first_w, _, map_w), height, width = form
         c_out = w.shape[1]
-        axes, steps = _add_initializer(graph, node.name + PHASE_MARK + "_axes", np.array([2, 3], np.int64)), \
-            _add_initializer(graph, node.name + PHASE_MARK + "_steps", np.array([-s, -s], np.int64))
+        base = (node.name or node.output[0]) + PHASE_MARK  # output names are unique; node names may be empty
+        axes, steps = _add_initializer(graph, base + "_axes", np.array([2, 3], np.int64)), \
+            _add_initializer(graph, base + "_steps", np.array([-s, -s], np.int64))
         readers = _consumers(graph, node.output[0])
         relu = readers[0] if len(readers) == 1 and readers[0].op_type == "Relu" \
             and node.output[0] not in outputs else None
-        prefix, rows = node.name + PHASE_MARK, []
+        prefix, rows = base, []
         for py in range(s):
             row = []
             for px in range(s):
@@ -414,21 +417,23 @@ def phase_conv_transpose(proto):
 #: The name suffix of the fixed one-hot Conv that split_head_conv adds: it sums taps and learns nothing, so an
 #: int8 file keeps it float with the layer it follows (export.precision).
 TAP_SUM_SUFFIX = "__tap_sum"
-#: Output channels up to which split_head_conv rewrites a Conv (an image's channels: 1 or 3).
-HEAD_MAX_CHANNELS = 4
+#: Output channels up to which split_head_conv rewrites a Conv: a gray image's, the one case measured. (The one-hot
+#: sum of an RGB head would cost 3 x 27 x 9 multiply-adds a pixel, mostly zeros; not measured.)
+HEAD_MAX_CHANNELS = 1
 
 
 def _heads(graph):
-    """Names of the Convs that write a graph output through layers without weights only (a decoder's image)."""
+    """First outputs of the Convs that write a graph output through layers without weights only (a decoder's
+    image); outputs, not node names, which may be empty."""
     producer = {o: n for n in graph.node for o in n.output}
     heads, seen, stack = set(), set(), [o.name for o in graph.output]
     while stack:
         node = producer.get(stack.pop())
-        if node is None or node.name in seen:
+        if node is None or id(node) in seen:
             continue
-        seen.add(node.name)
+        seen.add(id(node))
         if node.op_type == "Conv":
-            heads.add(node.name)
+            heads.add(node.output[0])
         elif node.op_type not in ("ConvTranspose", "Gemm", "MatMul"):
             stack.extend(node.input)
     return heads
@@ -452,7 +457,7 @@ def split_head_conv(graph):
     for node in graph.node:
         attrs = _attrs(node)
         weight = initializers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if weight is None or node.name not in heads or len(weight.dims) != 4 \
+        if weight is None or node.output[0] not in heads or TAP_SUM_SUFFIX in node.name or len(weight.dims) != 4 \
                 or attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
                 or any(d != 1 for d in attrs.get("strides", [1, 1])) \
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -469,7 +474,8 @@ def split_head_conv(graph):
             for i in range(k_h):
                 for j in range(k_w):
                     one_hot[o, o * taps + i * k_w + j, i, j] = 1
-        name = _unique(graph, node.name + "__taps")
+        base = node.name or node.output[0]
+        name = _unique(graph, base + "__taps")
         # Tap (o, i, j): channel o * taps + i * k_w + j of the 1 x 1 Conv, whose kernel is the layer's own, moved
         # (onnxruntime folds the Transpose and Reshape once, when the session starts; a release maps the kernel).
         shape = _add_initializer(graph, name + "_shape", np.array([c_out * taps, c_in, 1, 1], np.int64))
@@ -477,8 +483,8 @@ def split_head_conv(graph):
                                    name=name + "_moved"),
                   helper.make_node("Reshape", [name + "_moved", shape], [name + "_kernel"], name=name + "_kernel"),
                   helper.make_node("Conv", [node.input[0], name + "_kernel"], [name], name=name, kernel_shape=[1, 1])]
-        sums = [name, _add_initializer(graph, node.name + TAP_SUM_SUFFIX + "_kernel", one_hot)] + list(node.input[2:])
-        nodes.append(helper.make_node("Conv", sums, list(node.output), name=_unique(graph, node.name + TAP_SUM_SUFFIX),
+        sums = [name, _add_initializer(graph, base + TAP_SUM_SUFFIX + "_kernel", one_hot)] + list(node.input[2:])
+        nodes.append(helper.make_node("Conv", sums, list(node.output), name=_unique(graph, base + TAP_SUM_SUFFIX),
                                       kernel_shape=[k_h, k_w], pads=list(attrs.get("pads", [0, 0, 0, 0]))))
         changed += 1
     del graph.node[:]
@@ -517,7 +523,7 @@ def weight_values(graph):
     when a session starts): everything in the graph that does not depend on its inputs."""
     constant = {t.name for t in graph.initializer}
     for node in graph.node:  # in topological order
-        if node.input and all(i in constant for i in node.input if i):
+        if node.op_type == "Constant" or node.input and all(i in constant for i in node.input if i):
             constant.update(node.output)
     return constant
 

@@ -146,7 +146,7 @@ def fp16_model(proto):
 def _learned(node):
     """A layer with learned weights: a weight op other than the fixed one-hot sum optimize.split_head_conv adds,
     which stays float with the layer it follows."""
-    return node.op_type in WEIGHT_OPS and not node.name.endswith(optimize.TAP_SUM_SUFFIX)
+    return node.op_type in WEIGHT_OPS and optimize.TAP_SUM_SUFFIX not in node.name
 
 
 def float_layers(proto, code_input=False):

@@ -40,7 +40,8 @@ sha256_file = fileio.sha256_file
 
 def _export_is_current(run_dir, export_dir, opset, precisions=("fp32",)):
     """Whether RUN_DIR/export holds a passed export of this model.keras at this opset with its ONNX files, lean
-    and NHWC (parity.json records the layout since graphs are lean: an older export is made again), with each
+    and NHWC (parity.json records the layout since graphs are lean: an older export is made again), in the
+    default form of transposed convolutions (recorded since that form; an older export held "slice"), with each
     variant of `precisions` measured (kept or not)."""
     needed = [export_dir / schema.ONNX_FILES[p] for p in PARTS]
     if not (export_dir / schema.PARITY).is_file() or not all(p.exists() for p in needed):
@@ -51,6 +52,7 @@ def _export_is_current(run_dir, export_dir, opset, precisions=("fp32",)):
         return False
     return (parity.passed is True and "onnx" in parity.formats and parity.opset == opset
             and parity.inputs.get("layout") == "nhwc" and all(p in parity.variants for p in precisions[1:])
+            and (parity.conv_transpose or "slice") == layout.CONV_TRANSPOSE_FORMS[0]
             and (export_dir / schema.PARITY).stat().st_mtime >= (run_dir / schema.MODEL).stat().st_mtime)
 
 
@@ -165,7 +167,7 @@ def release_run(run_dir, out="dist", *, data_dir=None, opset=layout.DEFAULT_OPSE
             metrics={k: v for k, v in (metrics.to_dict() if metrics else {}).items()
                      if k in ("split", "num_images", "metrics", "units")},
             parity=dict({k: getattr(parity, k)
-                         for k in ("passed", "tolerance", "batch_sizes", "max_abs_diff", "inputs")},
+                         for k in ("passed", "tolerance", "batch_sizes", "max_abs_diff", "inputs", "conv_transpose")},
                         **({"variants": shipped} if shipped else {})),
             versions={"training": config.versions, "export": export_versions},
             weights_sha256=weights_map["weights_sha256"], release=release_name or Path(out).name)

@@ -367,9 +367,8 @@ def test_conv_transpose_forms_compute_the_same(exports, tmp_path):
 
     from export import cli
 
-    # The command line keeps its own copy (it does not import onnx): the same forms, the default first.
-    assert cli.CONV_TRANSPOSE_FORMS == optimize.CONV_TRANSPOSE_FORMS
-    assert cli.CONV_TRANSPOSE_FORMS[0] == optimize.DEFAULT_CONV_TRANSPOSE and cli.LAYOUTS == optimize.LAYOUTS
+    # The command line keeps its own copy of the layouts (it does not import onnx).
+    assert cli.LAYOUTS == optimize.LAYOUTS and cli.CONV_TRANSPOSE_FORMS[0] == optimize.DEFAULT_CONV_TRANSPOSE
     run, result = exports("conv_ae")
     model = onnx.load(str(result.out / "decoder.onnx"))
     ops = optimize.op_counts(model)
@@ -416,3 +415,59 @@ def test_every_node_runs_on_the_cuda_provider(exports, tmp_path):
             assert placed, "the profile recorded no nodes"
             elsewhere = {node: provider for node, provider in placed.items() if provider != "CUDAExecutionProvider"}
             assert not elsewhere, (family, role, elsewhere)
+
+
+@pytest.mark.parametrize("kernel, stride, pads", [(3, 2, [0, 0, 1, 1]), (3, 2, [1, 1, 0, 0]), (4, 2, [1, 1, 1, 1]),
+                                                  (2, 2, [0, 0, 0, 0]), (5, 2, [1, 1, 2, 2]), (3, 3, [0, 0, 0, 0])])
+def test_phase_form_is_exact_for_any_same_transposed_convolution(kernel, stride, pads):
+    """Any ConvTranspose whose output is stride x its input, unnamed nodes included (names come from the
+    outputs), with its bias and the Relu that reads it; then the image head split into taps and their sum."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export import optimize
+
+    rng = np.random.default_rng(kernel * 10 + stride)
+    side, out_side = 5, 5 * stride
+    init = [numpy_helper.from_array(rng.normal(size=(3, 4, kernel, kernel)).astype("float32"), "w1"),
+            numpy_helper.from_array(rng.normal(size=4).astype("float32"), "b1"),
+            numpy_helper.from_array(rng.normal(size=(4, 2, kernel, kernel)).astype("float32"), "w2"),
+            numpy_helper.from_array(rng.normal(size=(1, 2, 3, 3)).astype("float32"), "w3"),
+            numpy_helper.from_array(rng.normal(size=1).astype("float32"), "b3")]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["t1"], strides=[stride] * 2, pads=pads),
+             helper.make_node("Relu", ["t1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "w2"], ["t2"], strides=[stride] * 2, pads=pads),
+             helper.make_node("Conv", ["t2", "w3", "b3"], ["image"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, side, side])],
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                             ["n", 1, out_side * stride, out_side * stride])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(2, 3, side, side)).astype("float32")
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert optimize.phase_conv_transpose(model) == 2 and optimize.split_head_conv(model.graph) == 1
+    assert optimize.split_head_conv(model.graph) == 0  # the tap sum is not split again
+    ops = optimize.op_counts(model)
+    assert "ConvTranspose" not in ops and "Relu" in ops and ops["Conv"] == 2 * stride ** 2 + 2
+    assert {t.name for t in model.graph.initializer} >= {"w1", "w2", "w3"}  # the layers' own kernels, kept
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_release_exports_again_an_export_of_another_conv_transpose_form(exports, tmp_path):
+    """An export in the slice form (or one older than the phases form, which records none) is not what a release
+    ships today: export.release makes it again."""
+    import shutil
+
+    run, _ = exports("conv_ae")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export"))
+    exporter.export_run(copy, formats="onnx", conv_transpose="slice", verbose=0)
+    assert not release._export_is_current(copy, copy / "export", 17)
+    parity = json.loads((copy / "export" / "parity.json").read_text())
+    parity.pop("conv_transpose")  # an export made before the field existed held the slice form
+    (copy / "export" / "parity.json").write_text(json.dumps(parity))
+    assert not release._export_is_current(copy, copy / "export", 17)
+    bundle = release.release([copy], tmp_path / "dist", verbose=0)["conv_ae_mnist"]
+    assert json.loads((bundle / "manifest.json").read_text())["parity"]["conv_transpose"] == "phases"
+    assert release._export_is_current(copy, copy / "export", 17)
+

@@ -12,7 +12,7 @@ import pytest
 import zoo
 from export import runtime
 from tests.helpers import tiny_model
-from zoo import data, pretrained, presets, schema, weights
+from zoo import data, fileio, pretrained, presets, schema, weights
 from zoo.errors import ZooError
 
 RELEASE = weights.bundled_release()
@@ -182,8 +182,20 @@ def test_released_weights_as_a_run_dir_release_again_unchanged(tmp_path, capsys)
     for field in ("weights_sha256", "training", "model_config", "metrics", "description", "overrides"):
         assert getattr(new, field) == getattr(old, field), field
     assert new.versions["training"] == old.versions["training"]
+    assert weights.main(["fetch", SMALL, "--run-dir", str(run), "--quiet"]) == 0  # its own run dir: replaced
+    # Never replaced: a folder of other files, or a run trained here (the same marker, no weights_source).
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    assert weights.main(["fetch", SMALL, "--run-dir", str(mine), "--quiet"]) == 2
-    assert (mine / "notes.txt").read_text() == "keep" and "Traceback" not in capsys.readouterr().err
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    fileio.write_marker(trained, "run")
+    schema.RunConfig(**dict(config.to_dict(), weights_source=None)).save(trained)
+    (trained / "model.keras").write_bytes(b"weights trained here")
+    capsys.readouterr()
+    for folder in (mine, trained):
+        assert weights.main(["fetch", SMALL, "--run-dir", str(folder), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "left as it is" in err and "Traceback" not in err, err
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert (trained / "model.keras").read_bytes() == b"weights trained here"

@@ -251,6 +251,11 @@ def test_merge_refuses_other_software():
     assert merge.differences(dict(old, peak={"gflops_per_s": 430.5}), dict(old, peak={"gflops_per_s": 402.0})) == []
     with pytest.raises(throughput.BenchmarkError, match="peak.gflops_per_s: 430.5 then 181.6, more than 15% apart"):
         merge.merge(dict(old, peak={"gflops_per_s": 430.5}), dict(old, peak={"gflops_per_s": 181.6}))
+    # 15% of the earlier peak, either way, and of every run whose rows the earlier result keeps: no drift.
+    assert merge.differences(dict(old, peak={"gflops_per_s": 100.0}), dict(old, peak={"gflops_per_s": 116.0}))
+    runs = [{"peak_gflops_per_s": 430.0}, {"peak_gflops_per_s": 380.0}]
+    assert merge.differences(dict(old, runs=runs), dict(old, peak={"gflops_per_s": 400.0})) == []
+    assert merge.differences(dict(old, runs=runs), dict(old, peak={"gflops_per_s": 360.0}))
 
 def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]

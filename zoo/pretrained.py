@@ -196,13 +196,17 @@ def write_run_dir(name, out, *, source=None, cache_dir=None, verbose=False):
 
     config.json and metrics.json are the release manifest's (recipe, versions of the training, test metrics);
     `weights_source` in config.json names the release and the weights' sha256. `out` is replaced only if it is
-    empty or a run dir (aezoo's marker). Returns `out`."""
+    empty or a run dir written here before: never a run trained here. Returns `out`."""
     from zoo import weights
 
     out = Path(out)
+    _check_released_run_target(out)
     model = from_preset(name, source=source, cache_dir=cache_dir, verbose=verbose)
     bundle = weights.fetch(name, format="keras", source=source, cache_dir=cache_dir, verbose=False)["dir"]
     manifest = schema.Manifest.load(bundle)
+    if not (manifest.metrics or {}).get("metrics"):
+        raise PretrainedError("The release manifest of {} has no test metrics, so its run dir would look "
+                              "unfinished; nothing was written to {}.".format(name, out))
     config = schema.RunConfig(
         preset=manifest.preset, model=manifest.model, dataset=manifest.dataset, model_config=manifest.model_config,
         training=manifest.training, input_shape=manifest.input_shape, latent_dim=manifest.latent_dim,
@@ -210,11 +214,30 @@ def write_run_dir(name, out, *, source=None, cache_dir=None, verbose=False):
         normalization=manifest.normalization, versions=dict((manifest.versions or {}).get("training") or {}),
         overrides=dict(manifest.overrides or {}),
         weights_source={"release": manifest.release, "bundle": str(bundle), "weights_sha256": manifest.weights_sha256})
-    metrics = manifest.metrics or {}
+    metrics = manifest.metrics
     with fileio.atomic_dir(out, "run", schema.RUN_FILES) as tmp:
         model.save(str(tmp / schema.MODEL))
         config.save(tmp)
-        if metrics.get("metrics"):
-            schema.RunMetrics(split=metrics.get("split"), num_images=metrics.get("num_images"),
-                              metrics=metrics["metrics"], units=metrics.get("units") or {}).save(tmp)
+        schema.RunMetrics(split=metrics.get("split"), num_images=metrics.get("num_images"),
+                          metrics=metrics["metrics"], units=metrics.get("units") or {}).save(tmp)
+        _check_released_run_target(out)  # again: a training may have started there meanwhile
     return out
+
+
+def _check_released_run_target(out):
+    """Refuse, in one line, a folder write_run_dir must not replace: anything but a missing or empty folder or a
+    run dir it wrote before (config.json naming its weights_source). A run trained here carries the same marker,
+    so the marker alone is not enough."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PretrainedError("{} is a file, not a folder; choose a new folder for the run dir.".format(out))
+    if not any(out.iterdir()):
+        return
+    try:
+        written_here = schema.RunConfig.load(out).weights_source is not None
+    except (schema.SchemaError, OSError):
+        written_here = False
+    if not (written_here and fileio.marker_kind(out) == "run" and not (out / fileio.FolderLock.NAME).exists()):
+        raise PretrainedError("{} holds a run trained here or other files; it is left as it is. {}".format(
+            out, fileio.HOW_TO_REPLACE))
