@@ -358,12 +358,13 @@ def phase_conv_transpose(proto):
         w, bias, s, (first_h, _, map_h), (first_w, _, map_w), height, width = form
         c_out = w.shape[1]
         base = (node.name or node.output[0]) + PHASE_MARK  # output names are unique; node names may be empty
-        axes, steps = _add_initializer(graph, base + "_axes", np.array([2, 3], np.int64)), \
-            _add_initializer(graph, base + "_steps", np.array([-s, -s], np.int64))
+        # Each phase's kernel rows run down by s from its first to a row below s, so every Slice ends past row 0.
+        axes, steps, ends = (_add_initializer(graph, base + suffix, np.array(value, np.int64)) for suffix, value in (
+            ("_axes", [2, 3]), ("_steps", [-s, -s]), ("_ends", [-_INT64_MAX, -_INT64_MAX])))
         readers = _consumers(graph, node.output[0])
         relu = readers[0] if len(readers) == 1 and readers[0].op_type == "Relu" \
             and node.output[0] not in outputs else None
-        prefix, rows = base, []
+        rows = []
         for py in range(s):
             row = []
             for px in range(s):
@@ -373,15 +374,12 @@ def phase_conv_transpose(proto):
                 # then (in, out) -> (out, in). The file keeps the layer's own kernel (a release maps it to Keras);
                 # onnxruntime folds the Slice and Transpose into the phase kernel once, when the session starts.
                 starts = [map_h[py][taps_h[0]], map_w[px][taps_w[0]]]
-                ends = [k - s * len(t) if k - s * len(t) >= 0 else -_INT64_MAX
-                        for k, t in zip(starts, (taps_h, taps_w))]
                 top, left = first_h + taps_h[0], first_w + taps_w[0]
                 bottom, right = first_h + taps_h[-1], first_w + taps_w[-1]
-                name = _unique(graph, "{}{}{}".format(prefix, py, px))
+                name = _unique(graph, "{}{}{}".format(base, py, px))
                 nodes += [
                     helper.make_node("Slice", [node.input[1], _add_initializer(graph, name + "_starts", np.array(
-                        starts, np.int64)), _add_initializer(graph, name + "_ends", np.array(ends, np.int64)), axes,
-                        steps], [name + "_taps"], name=name + "_taps"),
+                        starts, np.int64)), ends, axes, steps], [name + "_taps"], name=name + "_taps"),
                     helper.make_node("Transpose", [name + "_taps"], [name + "_kernel"], perm=[1, 0, 2, 3],
                                      name=name + "_kernel")]
                 inputs = [node.input[0], name + "_kernel"] + ([node.input[2]] if bias is not None else [])
@@ -394,16 +392,16 @@ def phase_conv_transpose(proto):
                 nodes.append(helper.make_node("Transpose", [conv], [conv + "_nhwc"], perm=_TO_NHWC,
                                               name=conv + "_nhwc"))
                 row.append(conv + "_nhwc")
-            rows.append(_unique(graph, "{}_row{}".format(prefix, py)))
+            rows.append(_unique(graph, "{}_row{}".format(base, py)))
             # [N, H, W, s*C]: the row's phases side by side, which is [N, H, s*W, C] in memory.
             nodes.append(helper.make_node("Concat", row, [rows[-1]], axis=3, name=rows[-1]))
-        joined = _unique(graph, prefix + "_rows")
+        joined = _unique(graph, base + "_rows")
         # [N, H, s*W, s*C] in memory is [N, s*H, s*W, C]: output row s*h + py follows row s*h + py - 1.
         nodes.append(helper.make_node("Concat", rows, [joined], axis=2, name=joined))
-        shape = _add_initializer(graph, prefix + "_shape", np.array([-1, s * height, s * width, c_out], np.int64))
+        shape = _add_initializer(graph, base + "_shape", np.array([-1, s * height, s * width, c_out], np.int64))
         nodes.append(helper.make_node("Reshape", [joined, shape], [joined + "_nhwc"], name=joined + "_reshape"))
         out = relu.output[0] if relu is not None else node.output[0]
-        nodes.append(helper.make_node("Transpose", [joined + "_nhwc"], [out], perm=_TO_NCHW, name=prefix + "_nchw"))
+        nodes.append(helper.make_node("Transpose", [joined + "_nhwc"], [out], perm=_TO_NCHW, name=base + "_nchw"))
         if relu is not None:
             dropped.add(id(relu))
         changed += 1
