@@ -201,9 +201,8 @@ def write_run_dir(name, out, *, source=None, cache_dir=None, verbose=False):
 
     out = Path(out)
     _check_released_run_target(out)
-    model = from_preset(name, source=source, cache_dir=cache_dir, verbose=verbose)
-    bundle = weights.fetch(name, format="keras", source=source, cache_dir=cache_dir, verbose=False)["dir"]
-    manifest = schema.Manifest.load(bundle)
+    bundle = weights.fetch(name, format="keras", source=source, cache_dir=cache_dir, verbose=verbose)["dir"]
+    model, manifest = weights._keras_model(bundle)
     if not (manifest.metrics or {}).get("metrics"):
         raise PretrainedError("The release manifest of {} has no test metrics, so its run dir would look "
                               "unfinished; nothing was written to {}.".format(name, out))
