@@ -288,6 +288,7 @@ def int8_model(proto, input_name, calibration, batch_size=64, extent="full"):
         float_outputs(quantized, exclude)
     int8_weights(quantized, exclude)  # the weight layers left in float store int8 weights all the same
     optimize.topological_sort(quantized.graph)
+    optimize.reshape_last(quantized.graph)
     return _with_metadata(quantized, proto, "int8")
 
 

@@ -453,6 +453,40 @@ def test_phase_form_is_exact_for_any_same_transposed_convolution(kernel, stride,
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
+def test_reshape_last_moves_only_a_reshape_of_an_activation_read_by_it_alone():
+    """optimize.reshape_last: output = Reshape(Sigmoid(x)) becomes Sigmoid(Reshape(x)), the same values; a
+    Sigmoid that something else also reads keeps its place."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export import optimize
+
+    def model(shared):
+        nodes = [helper.make_node("MatMul", ["z", "w"], ["logits"]), helper.make_node("Sigmoid", ["logits"], ["p"]),
+                 helper.make_node("Reshape", ["p", "shape"], ["image"])]
+        outputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 4, 4, 1])]
+        if shared:
+            nodes.append(helper.make_node("ReduceMean", ["p"], ["mean"], keepdims=0))
+            outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["n"]))
+        init = [numpy_helper.from_array(np.arange(48, dtype="float32").reshape(3, 16) / 40 - 0.5, "w"),
+                numpy_helper.from_array(np.array([-1, 4, 4, 1], dtype="int64"), "shape")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])],
+                                  outputs, init)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    z = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"z": z})
+    plain = model(shared=False)
+    want = run(plain)
+    assert optimize.reshape_last(plain.graph) == 1 and optimize.reshape_last(plain.graph) == 0
+    onnx.checker.check_model(plain)
+    assert [n.op_type for n in plain.graph.node] == ["MatMul", "Reshape", "Sigmoid"]
+    np.testing.assert_array_equal(run(plain)[0], want[0])
+    shared = model(shared=True)
+    assert optimize.reshape_last(shared.graph) == 0
+    assert [n.op_type for n in shared.graph.node][:3] == ["MatMul", "Sigmoid", "Reshape"]
+
+
 def test_release_exports_again_an_export_of_another_conv_transpose_form(exports, tmp_path):
     """An export in the slice form (or one older than the phases form, which records none) is not what a release
     ships today: export.release makes it again."""

@@ -244,6 +244,9 @@ def test_int8_full_extent_computes_every_layer_in_int8_and_keeps_codes_and_pixel
             last = producer[last.input[0]]
         assert not set(last.output) & _quantized_tensors(model)  # the code and the logits stay float
         assert all(producer[i].op_type == "DequantizeLinear" for i in last.input[:2])  # its inputs are 8-bit
+        if part == "decoder":  # optimize.reshape_last: the sigmoid writes the output; the Reshape reads logits
+            assert producer["reconstruction"].op_type == "Sigmoid"
+            assert producer[producer["reconstruction"].input[0]].op_type == "Reshape"
         fused = ort.SessionOptions()
         fused.optimized_model_filepath = str(tmp_path / "{}.optimized.onnx".format(part))
         ort.InferenceSession(str(result.out / schema.onnx_file(part, "int8")), fused,
