@@ -51,6 +51,9 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: have none by default: optimize.phase_conv_transpose makes them Convs, which do run as QLinearConv (+1.44%).
 FLOAT_KERNEL_OPS = ("ConvTranspose",)
 SELECTION_OPS = ("TopK", "ArgMax", "ArgMin")
+#: Ops that only rearrange a tensor's values: a pair after one of them, on a weight layer's output, rounds that
+#: output all the same (VQ-VAE's tokens are a Reshape of the code).
+REARRANGING_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 #: The files that get variants: the ones a release ships (autoencoder.onnx is encoder then decoder).
 PARTS = ("encoder", "decoder")
 IMAGE_INPUT, LATENT_INPUT = "image", "latent"
@@ -201,9 +204,9 @@ def output_tail(proto):
 
 
 def float_outputs(proto, float_nodes=()):
-    """Remove each QuantizeLinear -> DequantizeLinear pair on the output of a weight layer whose value reaches no
-    other int8 weight layer (`float_nodes` compute in float; the layer writes the code or the logits, or feeds
-    a float search): that layer's integer kernel then writes float32
+    """Remove each QuantizeLinear -> DequantizeLinear pair on the output of a weight layer (directly or after
+    REARRANGING_OPS) whose value reaches no other int8 weight layer (`float_nodes` compute in float; the layer
+    writes the code or the logits, or feeds a float search): that layer's integer kernel then writes float32
     (onnxruntime fuses DQ -> Gemm/MatMul/Conv into QGemm/MatMulIntegerToFloat/... with a float output), and the
     value is never rounded to 8 bits. Returns the number of pairs removed."""
     graph = proto.graph
@@ -224,11 +227,17 @@ def float_outputs(proto, float_nodes=()):
                     return True
         return False
 
+    def weight_layer(name):
+        node = producer.get(name)
+        while node is not None and node.op_type in REARRANGING_OPS:
+            node = producer.get(node.input[0])
+        return node
+
     removed, pairs = [], 0
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
-        source = producer.get(q.input[0])
+        source, layer = producer.get(q.input[0]), weight_layer(q.input[0])
         dqs = readers.get(q.output[0], [])
-        if source is None or source.op_type not in WEIGHT_OPS or q.output[0] in outputs \
+        if layer is None or layer.op_type not in WEIGHT_OPS or q.output[0] in outputs \
                 or not all(d.op_type == "DequantizeLinear" for d in dqs):
             continue
         if any(reaches_weight_layer(d.output[0], set()) for d in dqs):

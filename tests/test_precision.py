@@ -255,9 +255,11 @@ def test_int8_full_extent_computes_every_layer_in_int8_and_keeps_codes_and_pixel
         assert ops.count("QGemm") == 3 and "Gemm" not in ops and "DequantizeLinear" not in ops, ops
 
 
-def test_int8_keeps_the_vq_nearest_entry_search_float(runs, tmp_path):
-    """8-bit tokens would pick other codebook entries: the weight layer that feeds TopK stays float."""
-    result = _export(runs("vq_vae"), tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
+def test_int8_keeps_the_vq_nearest_entry_search_float(base, tmp_path):
+    """8-bit tokens would pick other codebook entries: the weight layer that feeds TopK stays float, and so do
+    the tokens it reads, which are a Reshape of the code when the code holds several tokens (as the presets')."""
+    run = write_run_dir(base / "vq_tokens", "vq_vae", base / "idx", latent_dim=8, embedding_dim=4)
+    result = _export(run, tmp_path / "x", precisions="int8", variant_tolerances=LOOSE)
     report = result.parity["variants"]["int8"]
     assert report["kept"] and report["extent"] == "full", report.get("attempts")
     model = onnx.load(str(result.out / "encoder.int8.onnx"))
@@ -265,7 +267,9 @@ def test_int8_keeps_the_vq_nearest_entry_search_float(runs, tmp_path):
     search = producer[next(n for n in model.graph.node if n.op_type == "TopK").input[0]]
     while search.op_type not in precision.WEIGHT_OPS:
         search = producer[search.input[0]]
-    assert producer[search.input[0]].op_type != "DequantizeLinear"  # float tokens in
+    tokens = producer[search.input[0]]
+    assert tokens.op_type == "Reshape", tokens.op_type  # float tokens in, straight from the code layer
+    assert producer[tokens.input[0]].op_type in precision.WEIGHT_OPS
     assert not set(search.output) & _quantized_tensors(model)
     assert sum(1 for n in model.graph.node if n.op_type in precision.WEIGHT_OPS
                and n.input[0] in producer and producer[n.input[0]].op_type == "DequantizeLinear") >= 2  # the trunk
