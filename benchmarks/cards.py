@@ -93,9 +93,12 @@ def throughput_lines(name, throughput):
     if not rows:
         return ["onnxruntime throughput: {} (run `python -m benchmarks.throughput {}`).".format(MISSING, name)]
     machine = throughput.get("machine", {})
-    lines = ["onnxruntime on {} ({} threads), IOBinding, images/s (p50 latency; ratio to TensorFlow on the "
+    # The CPU's name alone does not tell hosts apart (two "AMD EPYC" hosts measured 190 and 430 GFLOP/s).
+    peak = (throughput.get("peak") or {}).get("gflops_per_s")
+    lines = ["onnxruntime on {} ({} threads{}), IOBinding, images/s (p50 latency; ratio to TensorFlow on the "
              "SavedModel):".format(machine.get("cpu_model", throughput.get("device")),
-                                   throughput.get("settings", {}).get("threads")), "",
+                                   throughput.get("settings", {}).get("threads"),
+                                   "" if peak is None else "; MatMul peak {:.0f} GFLOP/s".format(peak)), "",
              "| part | " + " | ".join("batch {}".format(b) for b in CARD_BATCH_SIZES) + " |",
              "| --- |" + " ---: |" * len(CARD_BATCH_SIZES)]
     for part in ("encoder", "decoder", "autoencoder"):
