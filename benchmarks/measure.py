@@ -33,9 +33,9 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 SETTINGS_TEXT = {
     "bound": "IOBinding: inputs and outputs resident on the device, output buffers reused; on the CPU a batch "
-             "larger than export.runtime.DEFAULT_BATCH_SIZE rows runs as the Runtime serves it, in pieces of that "
-             "many rows (views of the input and of the outputs, no copies; chunk_rows), with the one-call figure "
-             "beside it (single_*)",
+             "larger than the file's rows per call (export.runtime.rows_per_call: DEFAULT_BATCH_SIZE unless the "
+             "export names fewer) runs as the Runtime serves it, in pieces of that many rows (views of the input "
+             "and of the outputs, no copies; chunk_rows), with the one-call figure beside it (single_*)",
     "copy": "InferenceSession.run with numpy inputs and outputs: host-device copies (pageable memory) and output "
             "allocation included",
     "pinned": "CUDA only: IOBinding with the input in page-locked host memory and the outputs copied back into "
@@ -203,9 +203,9 @@ def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisio
                    "device": device, "provider": info[precision]["provider"], "batch_size": int(batch_size),
                    "threads": int(threads)}
             bound = BoundRun(session, {name: x}, device)
-            if device == "cpu" and batch_size > runtime.DEFAULT_BATCH_SIZE:
-                row.update(timing.stats(PiecesRun(session, x, runtime.DEFAULT_BATCH_SIZE), batch_size),
-                           chunk_rows=runtime.DEFAULT_BATCH_SIZE)
+            rows_per_call = runtime.rows_per_call(session)
+            if device == "cpu" and batch_size > rows_per_call:
+                row.update(timing.stats(PiecesRun(session, x, rows_per_call), batch_size), chunk_rows=rows_per_call)
                 row.update(timing.stats(bound, batch_size, "single"))
             else:
                 row.update(timing.stats(bound, batch_size))

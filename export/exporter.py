@@ -196,6 +196,9 @@ def to_onnx(model, endpoint, opset, metadata, layout=optimize.DEFAULT_LAYOUT,
             ROLES[endpoint], model.registry_name, exc)) from None
     role = ROLES[endpoint]
     values = dict(metadata, role=role, inputs=[spec.name], outputs=list(output_names(model, endpoint)))
+    rows = model.rows_per_call(role)
+    if rows is not None:
+        values["rows_per_call"] = int(rows)
     if layout == "nchw":
         height, width, channels = values["input_shape"]
         values["input_shape"] = [channels, height, width]

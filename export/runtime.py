@@ -37,7 +37,8 @@ _OUTPUT_DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tenso
 # metadata_props written by export.exporter; the JSON ones hold lists, dicts or numbers.
 META_PREFIX = "aezoo."
 META_KEYS = ("format_version", "preset", "family", "role", "dataset", "latent_dim", "input_shape", "normalization",
-             "variational", "inputs", "outputs", "metrics", "versions", "sampling", "precision", "layout")
+             "variational", "inputs", "outputs", "metrics", "versions", "sampling", "precision", "layout",
+             "rows_per_call")
 JSON_KEYS = {"format_version", "latent_dim", "input_shape", "variational", "inputs", "outputs", "metrics", "versions"}
 REQUIRED_KEYS = ("role", "latent_dim", "input_shape", "inputs", "outputs")
 
@@ -108,6 +109,14 @@ def decode_metadata(props):
         key = name[len(META_PREFIX):]
         values[key] = json.loads(text) if key in JSON_KEYS else text
     return values
+
+
+def rows_per_call(session):
+    """Rows one call of `session` takes at most when a batch is larger: the file's aezoo.rows_per_call where its
+    export names one (a VQ-VAE encoder, whose nearest-entry search is blocked like FAISS's), else
+    DEFAULT_BATCH_SIZE."""
+    rows = decode_metadata(session.get_modelmeta().custom_metadata_map).get("rows_per_call")
+    return int(rows) if rows is not None else DEFAULT_BATCH_SIZE
 
 
 # --- input checks ------------------------------------------------------------------------------------
@@ -393,7 +402,8 @@ class Runtime:
     (encoder.int8.onnx, ...); for a single file its name says it. `intra_op_threads` caps the threads one call
     may use (default: onnxruntime's, all cores).
 
-    Every call runs through an IOBinding, `batch_size` rows at a time (default DEFAULT_BATCH_SIZE). On the CPU
+    Every call runs through an IOBinding, `batch_size` rows at a time (default: the file's rows_per_call, which is
+    DEFAULT_BATCH_SIZE unless its export names fewer, as a VQ-VAE encoder's does). On the CPU
     each piece reads a view of the input and writes into its rows of the result: no copies. On CUDA the inputs
     are first copied into page-locked host buffers (`pinned_memory`, when the CUDA runtime library is found) so
     that the copy to the GPU is one DMA transfer, and the outputs come back with copy_outputs_to_cpu. A Runtime
@@ -587,7 +597,7 @@ class Runtime:
         graph = self.graphs.get(role)
         if graph is not None:
             return graph.run(x)
-        batch_size = check_batch_size(batch_size)
+        batch_size = check_batch_size(rows_per_call(session) if batch_size is None else batch_size)
         if self.io_binding and self.device == "cpu":
             outputs = output_buffers(session, len(x))
             if outputs is not None:
@@ -619,7 +629,7 @@ class Runtime:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def encode_distribution(self, images, batch_size=DEFAULT_BATCH_SIZE):
+    def encode_distribution(self, images, batch_size=None):
         """(z_mean, z_log_var) of a VAE's posterior for each image."""
         if not self.variational:
             raise InferenceError("{} is not variational ({}); use encode().".format(self.path, self.family))
@@ -640,27 +650,27 @@ class Runtime:
                 " Only a VQ-VAE has indices; use encode()." if name == "indices" else ""))
         return self._run("encoder", "encode", check_images(images, self.image_shape), batch_size)[found]
 
-    def encode(self, images, batch_size=DEFAULT_BATCH_SIZE):
+    def encode(self, images, batch_size=None):
         """Codes (batch, latent_dim) of float32 NHWC images in [0, 1]; the posterior mean for a VAE."""
         return self._encoder_output(images, None, batch_size)
 
-    def encode_indices(self, images, batch_size=DEFAULT_BATCH_SIZE):
+    def encode_indices(self, images, batch_size=None):
         """A VQ-VAE's discrete code: the codebook entry of each token (batch, tokens), int32. decode() takes the
         quantised code that encode() gives for the same images."""
         return self._encoder_output(images, "indices", batch_size)
 
-    def decode(self, latents, batch_size=DEFAULT_BATCH_SIZE):
+    def decode(self, latents, batch_size=None):
         """Images (batch, H, W, C) in [0, 1] decoded from codes (batch, latent_dim)."""
         return self._run("decoder", "decode", check_latents(latents, self.latent_dim), batch_size)[0]
 
-    def reconstruct(self, images, batch_size=DEFAULT_BATCH_SIZE):
+    def reconstruct(self, images, batch_size=None):
         """decode(encode(images)), with the autoencoder file when there is one."""
         x = check_images(images, self.image_shape)
         if "autoencoder" in self.sessions or not {"encoder", "decoder"} <= set(self.sessions):
             return self._run("autoencoder", "reconstruct", x, batch_size)[0]
         return self.decode(self.encode(x, batch_size), batch_size)
 
-    def sample(self, n, seed=None, batch_size=DEFAULT_BATCH_SIZE):
+    def sample(self, n, seed=None, batch_size=None):
         """n images from a VAE: codes from the N(0, I) prior through the decoder."""
         if not self.variational:
             raise InferenceError("{} is not variational ({}); only VAEs have a prior to sample.".format(
@@ -678,6 +688,7 @@ class Runtime:
             "metrics": self.metrics, "device": self.device, "precision": self.precision,
             "providers": next(iter(self.sessions.values())).get_providers(),
             "cuda_graph_batch": self.cuda_graph_batch, "host_memory": self.pinned_memory_note,
+            "rows_per_call": {role: rows_per_call(session) for role, session in self.sessions.items()},
         }
 
 

@@ -175,6 +175,35 @@ def test_cpu_pieces_write_straight_into_the_result(runs, monkeypatch):
     assert rt.decode(got[0], batch_size=3).shape == (11, 28, 28, 1)
 
 
+def test_a_file_that_names_its_rows_per_call_is_served_in_pieces_of_that_many(runs, tmp_path):
+    """aezoo.rows_per_call (what a VQ-VAE encoder's export names) is the default piece size; batch_size= wins."""
+    import shutil
+
+    import onnx
+
+    from export import runtime
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(runs["dae"] / "export", folder, ignore=shutil.ignore_patterns("savedmodel"))
+    model = onnx.load(str(folder / "encoder.onnx"))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        runtime.META_PREFIX + "rows_per_call": "2"})
+    onnx.save(model, str(folder / "encoder.onnx"))
+    rt = _runtime(folder)
+    assert runtime.rows_per_call(rt.sessions["encoder"]) == 2
+    assert runtime.rows_per_call(rt.sessions["decoder"]) == runtime.DEFAULT_BATCH_SIZE
+    assert rt.describe()["rows_per_call"]["encoder"] == 2
+    calls, session = [], rt.sessions["encoder"]
+    real = session.run_with_iobinding
+    session.run_with_iobinding = lambda binding, *args: calls.append(1) or real(binding, *args)
+    x = np.random.default_rng(3).uniform(0, 1, (5, 28, 28, 1)).astype(np.float32)
+    got = rt.encode(x)
+    assert len(calls) == 3
+    calls.clear()
+    np.testing.assert_array_equal(rt.encode(x, batch_size=5), got)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "64", True])
 def test_bad_batch_size_is_one_clear_line(runs, images, bad):
     with pytest.raises(InputError, match=r"batch_size must be a positive integer .*got {}".format(
@@ -481,3 +510,10 @@ def test_vq_vae_indices_from_the_exported_encoder(runs, images, tmp_path):
     np.testing.assert_allclose(rt.decode(rt.encode(images)), model.decode_indices(indices), atol=1e-5)
     with pytest.raises(InferenceError, match="no encoder output .indices.*Only a VQ-VAE has indices"):
         _runtime(runs["dae"] / "export").encode_indices(images)
+    # The search scores SEARCH_BLOCK_TOKENS tokens a call, FAISS's query block; the decoder has no search.
+    from export import runtime
+    from zoo.models import vq_vae
+
+    rows = {role: runtime.rows_per_call(session) for role, session in rt.sessions.items()}
+    assert rows == {"encoder": vq_vae.SEARCH_BLOCK_TOKENS // model.tokens, "decoder": runtime.DEFAULT_BATCH_SIZE,
+                    "autoencoder": vq_vae.SEARCH_BLOCK_TOKENS // model.tokens}

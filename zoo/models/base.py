@@ -121,6 +121,11 @@ class Autoencoder(keras.Model):
     #: sets this there. Shape (1,) reduces to the same value.
     vector_logs = False
 
+    def rows_per_call(self, role):
+        """Images one inference call of the exported `role` ("encoder", "decoder", "autoencoder") should take at
+        most, or None for export.runtime's default; the exporter records it in the file (aezoo.rows_per_call)."""
+        return None
+
     def __init__(self, encoder, decoder, *, input_shape, latent_dim, reconstruction_loss="mse",
                  corruption=None, sampler=None, **kwargs):
         if reconstruction_loss not in RECONSTRUCTION_LOSSES:
