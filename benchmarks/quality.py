@@ -380,25 +380,56 @@ def _merge(old, new, where=""):
     return sorted(kept + list(new), key=lambda r: r["preset"])
 
 
+#: --sizes: which code sizes to evaluate; the other keeps its results in quality.json.
+SIZES = ("both", "preset", "common")
+
+
+def fewer_seeds(old_result, run_dirs):
+    """Why evaluating `run_dirs` would lose seeds that `old_result` (the saved result of the same preset and recipe)
+    averages, or None: a result over fewer runs must not replace one over more."""
+    seeds = (old_result.get("seeds") or {})
+    old_dirs = seeds.get("run_dirs") or []
+    if len(old_dirs) <= len(run_dirs) or stale(old_result):
+        return None
+    return "{} run{} found ({}), but the saved result averages {} seeds ({})".format(
+        len(run_dirs), "" if len(run_dirs) == 1 else "s", ", ".join(str(d) for d in run_dirs), len(old_dirs),
+        ", ".join(str(s) for s in seeds.get("seeds") or old_dirs))
+
+
 def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, merge=True,
-        probe_per_class=PROBE_PER_CLASS):
-    """Evaluate the run dirs of `presets` (all complete runs when None), their seed runs and their latent-20 runs;
-    returns the results list of the presets' own code size (the common-code-size results are in quality.json)."""
+        probe_per_class=PROBE_PER_CLASS, sizes="both"):
+    """Evaluate the run dirs of `presets` (all complete runs when None), their seed runs and their latent-20 runs
+    (`sizes`: "both", or only the "preset" code size, or only the "common" one); returns the results list of the
+    presets' own code size (the common-code-size results are in quality.json). When merging, a preset whose saved
+    result averages more seeds than the runs found is refused before anything is evaluated."""
     import json
 
+    if sizes not in SIZES:
+        raise ZooError("sizes must be one of {}, not {!r}".format(", ".join(SIZES), sizes))
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     common_dir = runs_dir / COMMON_DIR
+    roots = [(root, common_size) for root, common_size in ((runs_dir, False), (common_dir, True))
+             if sizes == "both" or common_size == (sizes == "common")]
     if presets is None:
-        presets = sorted({p.name for root in (runs_dir, common_dir) for p in root.glob("*") if _complete(p)})
+        presets = sorted({p.name for root, _ in roots for p in root.glob("*") if _complete(p)})
         if not presets:
-            raise ZooError("No complete run dirs in {}. Train some first: python -m zoo.train PRESET".format(runs_dir))
-    missing = [p for p in presets if not _complete(runs_dir / p) and not _complete(common_dir / p)]
+            raise ZooError("No complete run dirs in {}. Train some first: python -m zoo.train PRESET".format(
+                " or ".join(str(root) for root, _ in roots)))
+    missing = [p for p in presets if not any(_complete(root / p) for root, _ in roots)]
     if missing:
         raise ZooError("No complete run for {} in {} (a complete run has metrics.json). Train it first: "
-                       "python -m zoo.train {}".format(", ".join(missing), runs_dir, missing[0]))
+                       "python -m zoo.train {}{}".format(", ".join(missing), " or ".join(str(r) for r, _ in roots),
+                                                         missing[0], "" if roots[0][1] is False else
+                                                         " --set latent_dim={} --out {}".format(
+                                                             COMMON_LATENT_DIM, common_dir / missing[0])))
+    old = {}
+    if merge and (out_dir / "quality.json").exists():
+        old = json.loads((out_dir / "quality.json").read_text())
+    saved = {False: {r["preset"]: r for r in old.get("results", [])},
+             True: {r["preset"]: r for r in (old.get("common_code") or {}).get("results", [])}}
     # Every folder is checked before the first (slow) evaluation.
     groups = []
-    for root, common_size in ((runs_dir, False), (common_dir, True)):
+    for root, common_size in roots:
         for preset in presets:
             run_dirs = seed_run_dirs(root, preset)
             if not run_dirs:
@@ -410,6 +441,14 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
                 raise ZooError("{} has code size {}, not {}: train it with python -m zoo.train {} --set "
                                "latent_dim={} --out {}".format(run_dirs[0], config.latent_dim, COMMON_LATENT_DIM,
                                                                preset, COMMON_LATENT_DIM, run_dirs[0]))
+            why = saved[common_size].get(preset) and fewer_seeds(saved[common_size][preset], run_dirs)
+            if why:
+                other = "preset" if common_size else "common"
+                raise ZooError("{}{}: {}; evaluating would replace it with fewer. Put the other seed runs back "
+                               "under {}/{}/{}/seed<N>/, or evaluate only the other code size (--sizes {}), or "
+                               "write to another folder (--out).".format(
+                                   preset, " at code size {}".format(COMMON_LATENT_DIM) if common_size else "", why,
+                                   root, SEEDS_DIR, preset, other))
             groups.append((common_size, run_dirs, config.dataset))
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluations, results, common = {}, [], []
@@ -418,9 +457,8 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
             evaluations[dataset] = Evaluation(dataset, data_dir=data_dir, probe_per_class=probe_per_class)
         (common if common_size else results).append(
             evaluate_preset(run_dirs, evaluations[dataset], out_dir, figures=not common_size))
-    if merge and (out_dir / "quality.json").exists():
+    if old:
         # Keep earlier results for presets not evaluated this time.
-        old = json.loads((out_dir / "quality.json").read_text())
         results = _merge(old.get("results", []), results)
         common = _merge((old.get("common_code") or {}).get("results", []), common,
                         " at code size {}".format(COMMON_LATENT_DIM))
@@ -436,6 +474,7 @@ def main(argv=None):
     parser = make_parser("benchmarks.quality", __doc__.split("\n\n")[0].strip(), [
         "conv_ae_fashion_mnist                  # evaluates runs/conv_ae_fashion_mnist/, merges into the results",
         "--all-trained --out /tmp/quality",
+        "dae_fashion_mnist --sizes common        # only runs/latent20/dae_fashion_mnist/ and its seeds",
         "dae_fashion_mnist --runs-dir runs --data-dir /usr/share/datasets/fashion-mnist"])
     parser.add_argument("presets", nargs="*", help="presets whose runs/<preset>/ (and runs/seeds/<preset>/seed<N>/, "
                                                    "runs/latent20/<preset>/) to evaluate")
@@ -443,6 +482,9 @@ def main(argv=None):
     parser.add_argument("--runs-dir", default=str(RUNS_DIR))
     parser.add_argument("--out", default=str(RESULTS_DIR))
     parser.add_argument("--data-dir")
+    parser.add_argument("--sizes", choices=SIZES, default="both",
+                        help="code sizes to evaluate: the preset's, the common size {} (runs/{}/), or both "
+                             "(default); the other keeps its saved results".format(COMMON_LATENT_DIM, COMMON_DIR))
     parser.add_argument("--probe-per-class", type=int, default=PROBE_PER_CLASS,
                         help="labelled training images per class of the few-label probe (default %(default)s)")
     args = parser.parse_args(argv)
@@ -450,7 +492,7 @@ def main(argv=None):
         parser.error("name presets or pass --all-trained")
     try:
         run(None if args.all_trained else args.presets, args.runs_dir, args.out, args.data_dir,
-            probe_per_class=args.probe_per_class)
+            probe_per_class=args.probe_per_class, sizes=args.sizes)
     except ZooError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return 2

@@ -205,6 +205,16 @@ def test_quality_run_averages_seeds_and_evaluates_the_common_code_size(trained_r
     assert "| dae_mnist | 30 | 2 | " in text and "| dae_mnist | 20 | 1 | " in text
     assert "| dae_mnist | {}, 1 | sq_error_per_image |".format(dae["training"]["seed"]) in text
     assert "common_code_size" in (out / "quality.csv").read_text()
+    # A result over fewer seeds does not replace a saved one over more: refused before anything is evaluated,
+    # while the other code size can still be evaluated alone and the saved seeds stay.
+    shutil.rmtree(runs / "seeds")
+    with pytest.raises(ZooError, match=r"dae_mnist: 1 run found .* averages 2 seeds .*--sizes common"):
+        quality.run(["dae_mnist"], runs_dir=runs, out_dir=out, data_dir=idx_dir, probe_per_class=5)
+    quality.run(["dae_mnist"], runs_dir=runs, out_dir=out, data_dir=idx_dir, probe_per_class=5, sizes="common")
+    saved = json.loads((out / "quality.json").read_text())
+    assert saved["results"][0]["seeds"]["n"] == 2 and saved["common_code"]["results"][0]["seeds"]["n"] == 1
+    with pytest.raises(ZooError, match="No complete run for vae_mnist in .*latent20"):
+        quality.run(["vae_mnist"], runs_dir=runs, out_dir=out, data_dir=idx_dir, sizes="common")
     # A latent-20 folder must hold a code of 20; that is checked before anything is evaluated.
     shutil.copytree(runs / "vae_mnist", runs / "latent20" / "vae_mnist")
     with pytest.raises(ZooError, match="has code size"):
