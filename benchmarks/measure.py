@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks import machine, targets
+from benchmarks import machine, repeat, targets
 from benchmarks.discovery import PARTS, PRECISIONS, RUNS_DIR, ExportedModel, resolve_model
 from benchmarks.errors import BenchmarkError, ModelNotFoundError
 from benchmarks.flops import count_flops
@@ -305,11 +305,13 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                   repeats=DEFAULT_REPEATS, max_seconds=DEFAULT_MAX_SECONDS, warmup_seconds=DEFAULT_WARMUP_SECONDS,
                   tf_baseline=None, peak_sizes=None, copy_inclusive=True, spin=True, seed=0, runs_dir=RUNS_DIR,
                   quiet=False, command=None, precisions=("fp32",), tf_bf16=None, jax_baseline=None,
-                  cuda_graphs=None):
+                  cuda_graphs=None, repeat_points=True, repeat_batch=None):
     """Benchmark `models` (ExportedModels, export dirs, bundles or preset names) and return the result dict.
 
     Baselines default by device: TensorFlow fp32 (and bf16 where the CPU has bfloat16 instructions) on the CPU,
-    Keras on JAX on CUDA. `precisions` adds rows for the variant files an export has (fp16, int8)."""
+    Keras on JAX on CUDA. `precisions` adds rows for the variant files an export has (fp16, int8).
+    `repeat_points`: time each model's points at one batch size (`repeat_batch`, else benchmarks.repeat's choice)
+    again after every model, to show how steady the machine was (the result's `repeat`)."""
     check_device(device)
     parts = tuple(parts)
     unknown = [p for p in parts if p not in PARTS]
@@ -325,6 +327,11 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
     batch_sizes = [int(b) for b in batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise BenchmarkError("Batch sizes must be positive integers; got {}.".format(batch_sizes))
+    if repeat_points:
+        try:
+            repeat_batch = repeat.batch_to_repeat(batch_sizes, repeat_batch)
+        except ValueError as exc:
+            raise BenchmarkError("--repeat-batch: {}.".format(exc)) from None
     models = [m if isinstance(m, ExportedModel) else resolve_model(m, parts, runs_dir) for m in models]
     if not models:
         raise ModelNotFoundError("No model to benchmark: name export dirs or presets, or pass --all.")
@@ -394,6 +401,8 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 for row in part_rows:
                     row["flops_per_image"] = flops[model.name][part]["flops"]
                 rows.extend(part_rows)
+        repeated = _time_again(models, parts, device, threads, repeat_batch, timing, seed, precisions, tf, jax,
+                               host, spin, rows, quiet) if repeat_points else None
         peak_runs += machine.measure_peak(device, threads, peak_sizes, when="end", spin=spin)
         jax_state = jax.state() if jax is not None else None
     finally:
@@ -446,6 +455,26 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
         "jax": jax.info if jax is not None else None,
         "skipped": skipped,
         "rows": rows,
+        "repeat": repeated,
     }
     result["targets"] = targets.evaluate(result)
     return result
+
+
+def _time_again(models, parts, device, threads, batch_size, timing, seed, precisions, tf, jax, host, spin, rows,
+                quiet):
+    """benchmarks.repeat's section: every model's points at `batch_size` timed again (no copies, graphs or bf16)."""
+    log("Timing every model again at batch {}, to see how steady the machine was".format(batch_size), quiet)
+    again = []
+    for model in models:
+        for part in parts:
+            again += bench_part(model, part, device, threads, [batch_size], timing, seed, precisions, False, tf,
+                                False, jax, False, host, spin, quiet=True)[0]
+    section = repeat.summary(repeat.compare(rows, again), batch_size)
+    for point in section["points"]:
+        if repeat.moved(point):
+            log("  warning: {model} {part} {precision} batch {batch_size}: {images_per_s:,.0f} then "
+                "{again_images_per_s:,.0f} images/s ({change:+.0%}){}".format(
+                    "; baseline {:+.0%}".format(point["baseline_change"]) if "baseline" in point else "", **point),
+                quiet)
+    return section

@@ -7,7 +7,7 @@ models, and the targets are checked again over the merged rows. Results of a dif
 timing method are never merged: their figures would not be comparable.
 """
 
-from benchmarks import targets
+from benchmarks import repeat, targets
 from benchmarks.errors import BenchmarkError
 
 #: What two results must share to be merged: the machine, the software that is timed and how it is timed.
@@ -74,7 +74,7 @@ def merge(old, new, where="the earlier result"):
     runs = [dict(r, models=[m for m in r["models"] if m not in measured]) for r in earlier]
     runs = [r for r in runs if r["models"]] + [_run(new, measured)]
     merged = dict(new, models=[models[n] for n in order], rows=[r for n in order for r in rows[n]],
-                  skipped=skipped, runs=runs)
+                  skipped=skipped, runs=runs, repeat=repeat.merge(old.get("repeat"), new.get("repeat"), measured))
     merged["targets"] = targets.evaluate(merged)
     return merged
 

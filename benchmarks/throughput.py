@@ -100,6 +100,10 @@ def build_parser():
                                                       ",".join(map(str, machine.MANY_THREADS_PEAK_SIZES)),
                                                       machine.MANY_THREADS,
                                                       ",".join(map(str, machine.DEFAULT_PEAK_SIZES["cuda"]))))
+    parser.add_argument("--repeat-batch", type=int, help="the batch size at which every model is timed again at "
+                        "the end of the run, to show how steady the machine was (default: 256 if measured, else "
+                        "1024, 64 or the largest)")
+    parser.add_argument("--no-repeat", action="store_true", help="do not time any point again")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
@@ -127,7 +131,8 @@ def main(argv=None):
                                copy_inclusive=not args.no_copy, spin=not args.no_spin, seed=args.seed,
                                runs_dir=args.runs_dir, quiet=args.quiet, command=command,
                                precisions=args.precisions, tf_bf16=args.tf_bf16, jax_baseline=args.jax,
-                               cuda_graphs=args.cuda_graphs)
+                               cuda_graphs=args.cuda_graphs, repeat_points=not args.no_repeat,
+                               repeat_batch=args.repeat_batch)
         if args.merge:
             result = merge_into(result, args.out)
         files = write_results(result, args.out, plot=not args.no_plot)

@@ -193,6 +193,52 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
     assert "## Targets" in markdown and "[not measured] int8 onnxruntime >= 2x TensorFlow fp32" in markdown
     assert (out / "throughput_tiny_deep_ae.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".partial")]
+    # Every point of the largest batch (no 256, 1024 or 64 here) was timed again after the model, with its baseline.
+    again = result["repeat"]
+    assert again["batch_size"] == 4 and again["tolerance"] == 0.15
+    assert [(p["part"], p["precision"]) for p in again["points"]] == [
+        (r["part"], r["precision"]) for r in rows if r["batch_size"] == 4]
+    for point in again["points"]:
+        row = next(r for r in rows if (r["part"], r["precision"], r["batch_size"]) == (
+            point["part"], point["precision"], 4))
+        assert point["images_per_s"] == row["images_per_s"] and point["ratio"] == row["ort_tf_ratio"]
+        assert point["baseline"] == "tf" and point["baseline_images_per_s"] == row["tf_images_per_s"]
+        assert point["change"] == pytest.approx(point["again_images_per_s"] / row["images_per_s"] - 1)
+        assert point["again_ratio"] == pytest.approx(point["again_images_per_s"] / point["again_baseline_images_per_s"])
+    assert "## Timed again at the end of the run" in markdown and "4 points at batch 4 were timed again" in markdown
+
+
+def test_points_timed_again_report_what_moved():
+    from benchmarks import repeat
+
+    def row(model, part, images, tf=None):
+        r = {"model": model, "part": part, "precision": "int8", "batch_size": 256, "images_per_s": images}
+        return dict(r, tf_images_per_s=tf, ort_tf_ratio=images / tf) if tf else r
+
+    first = [row("vq", "encoder", 168_000.0, 71_000.0), row("vq", "decoder", 500_000.0, 200_000.0),
+             row("ae", "decoder", 3e6)]
+    again = [row("vq", "encoder", 67_000.0, 70_000.0), row("vq", "decoder", 520_000.0, 150_000.0),
+             row("ae", "decoder", 3.1e6), row("gone", "decoder", 1.0)]  # no first timing: not a point
+    points = repeat.compare(first, again)
+    assert [p["model"] for p in points] == ["vq", "vq", "ae"] and "baseline" not in points[2]
+    assert points[0]["change"] == pytest.approx(67 / 168 - 1) and points[0]["again_ratio"] == pytest.approx(67 / 70)
+    assert [repeat.moved(p) for p in points] == [True, True, False]  # the decoder's baseline moved by -25%
+    section = repeat.summary(points, 256)
+    assert section["unsteady"] == 2 and section["largest_change"] == pytest.approx(1 - 67 / 168)
+    text = "\n".join(repeat.report_lines(section))
+    assert "3 points at batch 256 were timed again" in text and "2 moved by more than 15%" in text
+    assert "| vq | encoder | int8 | 168,000 | 67,000 | -60% | 71,000 | 70,000 | -1% | 2.37 | 0.96 |" in text
+    assert "| ae |" not in text
+    # --merge keeps the points of the models not measured again.
+    merged = repeat.merge(section, repeat.summary(repeat.compare(first[2:], [row("ae", "decoder", 1e6)]), 256),
+                          ["ae"])
+    assert [(p["model"], p["part"]) for p in merged["points"]] == [
+        ("vq", "encoder"), ("vq", "decoder"), ("ae", "decoder")]
+    assert merged["unsteady"] == 3
+    assert repeat.merge(None, None, []) is None and repeat.report_lines(None) == []
+    with pytest.raises(ValueError, match="not one of the run's"):
+        repeat.batch_to_repeat([1, 64], 256)
+    assert repeat.batch_to_repeat([1, 64, 4096]) == 64 and repeat.batch_to_repeat([1, 8]) == 8
 
 
 
@@ -216,6 +262,7 @@ def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, cap
     first["skipped"] += [{"model": m, "part": "decoder", "precision": "int8", "reason": "none"}
                          for m in ("other_ae", "tiny_deep_ae")]  # the second is of the earlier measurement
     first["created"] = "2026-01-01T00:00:00+00:00"
+    first["repeat"]["points"] += [dict(p, model="other_ae") for p in first["repeat"]["points"]]
     (out / "throughput.json").write_text(json.dumps(first))
     assert throughput.main(args + ["--merge"]) == 0
     merged = json.loads((out / "throughput.json").read_text())
@@ -226,6 +273,9 @@ def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, cap
     assert [(r["models"], r["created"]) for r in merged["runs"]] == [
         (["other_ae"], "2026-01-01T00:00:00+00:00"), (["tiny_deep_ae"], merged["created"])]
     assert [s["model"] for s in merged["skipped"]] == ["other_ae"]
+    points = merged["repeat"]["points"]
+    assert [p["model"] for p in points] == ["other_ae"] * 3 + ["tiny_deep_ae"] * 3
+    assert points[3:] != first["repeat"]["points"][:3]  # timed again in the new run
     assert merged["targets"]["fp32_at_least_tf_at_most_points"]["met"] is None  # no TensorFlow figure in either
     markdown = (out / "throughput.md").read_text()
     assert "merged from 2 runs on this machine" in markdown and "other_ae on 2026-01-01" in markdown
@@ -261,6 +311,10 @@ def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]
                            + FAST) == 2
     assert "Unknown precision(s) bf16; choose from fp32, fp16, int8" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert throughput.main([str(export_dir), "--out", str(tmp_path), "--repeat-batch", "256", "--no-tf"] + FAST) == 2
+    assert "--repeat-batch: the batch size to time again (256) is not one of the run's (1, 4)" in (
+        capsys.readouterr().err)
     assert not list(tmp_path.iterdir())
 
 
