@@ -13,7 +13,7 @@ TOLERANCE = 0.15
 #: The batch size timed again: the first of these the run measures, else its largest.
 PREFERRED_BATCHES = (256, 1024, 64)
 DEFINITION = ("after every model was measured, each model's points at one batch size were timed again the same way "
-              "(every part and precision, and the baseline): change = again / first - 1")
+              "(every part and precision, and the baseline); change = again / first - 1")
 #: The baseline figure of a row and its ratio, by the baseline that measured it.
 BASELINES = (("tf", "tf_images_per_s", "ort_tf_ratio"), ("jax", "jax_images_per_s", "ort_jax_ratio"))
 
@@ -88,10 +88,10 @@ def report_lines(section):
     points, tolerance = section["points"], section["tolerance"]
     unsteady = [p for p in points if moved(p, tolerance)]
     lines = ["## Timed again at the end of the run", "",
-             "{} points at batch {} were timed again after every model ({}). {} moved by more than {:.0%}; the "
-             "largest change was {:.0%}.".format(len(points), section["batch_size"], DEFINITION,
-                                                 "None" if not unsteady else len(unsteady), tolerance,
-                                                 section.get("largest_change") or 0.0), ""]
+             "{} points at batch {} were timed again: {}. {} moved by more than {:.0%}; the largest change was "
+             "{:.0%}.".format(len(points), section["batch_size"], section.get("definition", DEFINITION),
+                              "None" if not unsteady else len(unsteady), tolerance,
+                              section.get("largest_change") or 0.0), ""]
     if unsteady:
         lines += ["| model | part | precision | images/s | again | change | baseline | again | change | ratio | "
                   "again |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
