@@ -87,9 +87,10 @@ def report_lines(section):
         return []
     points, tolerance = section["points"], section["tolerance"]
     unsteady = [p for p in points if moved(p, tolerance)]
+    batches = " and ".join(str(b) for b in sorted({p["batch_size"] for p in points}))  # several after --merge
     lines = ["## Timed again at the end of the run", "",
              "{} points at batch {} were timed again: {}. {} moved by more than {:.0%}; the largest change was "
-             "{:.0%}.".format(len(points), section["batch_size"], section.get("definition", DEFINITION),
+             "{:.0%}.".format(len(points), batches, section.get("definition", DEFINITION),
                               "None" if not unsteady else len(unsteady), tolerance,
                               section.get("largest_change") or 0.0), ""]
     if unsteady:

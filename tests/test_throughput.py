@@ -235,6 +235,8 @@ def test_points_timed_again_report_what_moved():
     assert [(p["model"], p["part"]) for p in merged["points"]] == [
         ("vq", "encoder"), ("vq", "decoder"), ("ae", "decoder")]
     assert merged["unsteady"] == 3
+    other_batch = repeat.merge(section, repeat.summary([dict(points[2], batch_size=1024)], 1024), ["ae"])
+    assert "3 points at batch 256 and 1024 were timed again" in "\n".join(repeat.report_lines(other_batch))
     assert repeat.merge(None, None, []) is None and repeat.report_lines(None) == []
     with pytest.raises(ValueError, match="not one of the run's"):
         repeat.batch_to_repeat([1, 64], 256)
