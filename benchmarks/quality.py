@@ -419,7 +419,7 @@ def run(presets=None, runs_dir=RUNS_DIR, out_dir=RESULTS_DIR, data_dir=None, mer
     if missing:
         raise ZooError("No complete run for {} in {} (a complete run has metrics.json). Train it first: "
                        "python -m zoo.train {}{}".format(", ".join(missing), " or ".join(str(r) for r, _ in roots),
-                                                         missing[0], "" if roots[0][1] is False else
+                                                         missing[0], "" if sizes != "common" else
                                                          " --set latent_dim={} --out {}".format(
                                                              COMMON_LATENT_DIM, common_dir / missing[0])))
     old = {}
