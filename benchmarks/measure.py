@@ -188,6 +188,7 @@ def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisio
     files = {p: model.parts[part] if p == "fp32" else model.variant(part, p) for p in precisions}
     files = {p: f for p, f in files.items() if f is not None}
     sessions = {p: make_session(f, device, threads, spin) for p, f in files.items()}
+    rows_per_call = {p: runtime.rows_per_call(s) for p, s in sessions.items()}  # the file's, read once
     info = {p: {"file": str(files[p]), "provider": s.get_providers()[0], "node_placement": node_placement(s),
                 "input": s.get_inputs()[0].name, "outputs": [o.name for o in s.get_outputs()]}
             for p, s in sessions.items()}
@@ -203,9 +204,9 @@ def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisio
                    "device": device, "provider": info[precision]["provider"], "batch_size": int(batch_size),
                    "threads": int(threads)}
             bound = BoundRun(session, {name: x}, device)
-            rows_per_call = runtime.rows_per_call(session)
-            if device == "cpu" and batch_size > rows_per_call:
-                row.update(timing.stats(PiecesRun(session, x, rows_per_call), batch_size), chunk_rows=rows_per_call)
+            piece = rows_per_call[precision]
+            if device == "cpu" and batch_size > piece:
+                row.update(timing.stats(PiecesRun(session, x, piece), batch_size), chunk_rows=piece)
                 row.update(timing.stats(bound, batch_size, "single"))
             else:
                 row.update(timing.stats(bound, batch_size))
