@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks import machine, repeat, targets
+from benchmarks import machine, repeat, rounds as passes, targets
 from benchmarks.discovery import PARTS, PRECISIONS, RUNS_DIR, ExportedModel, resolve_model
 from benchmarks.errors import BenchmarkError, ModelNotFoundError
 from benchmarks.flops import count_flops
@@ -306,14 +306,17 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                   repeats=DEFAULT_REPEATS, max_seconds=DEFAULT_MAX_SECONDS, warmup_seconds=DEFAULT_WARMUP_SECONDS,
                   tf_baseline=None, peak_sizes=None, copy_inclusive=True, spin=True, seed=0, runs_dir=RUNS_DIR,
                   quiet=False, command=None, precisions=("fp32",), tf_bf16=None, jax_baseline=None,
-                  cuda_graphs=None, repeat_points=True, repeat_batch=None):
+                  cuda_graphs=None, repeat_points=True, repeat_batch=None, rounds=1):
     """Benchmark `models` (ExportedModels, export dirs, bundles or preset names) and return the result dict.
 
     Baselines default by device: TensorFlow fp32 (and bf16 where the CPU has bfloat16 instructions) on the CPU,
     Keras on JAX on CUDA. `precisions` adds rows for the variant files an export has (fp16, int8).
     `repeat_points`: time each model's points at one batch size (`repeat_batch`, else benchmarks.repeat's choice)
-    again after every model, to show how steady the machine was (the result's `repeat`)."""
+    again after every model, to show how steady the machine was (the result's `repeat`). `rounds`: time every
+    point in that many passes over all the models and keep each figure's median pass (benchmarks.rounds)."""
     check_device(device)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise BenchmarkError("--rounds must be a positive integer (1 = one pass); got {!r}.".format(rounds))
     parts = tuple(parts)
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -402,6 +405,8 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 for row in part_rows:
                     row["flops_per_image"] = flops[model.name][part]["flops"]
                 rows.extend(part_rows)
+        rows = _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host,
+                            spin, rows, rounds, quiet)
         repeated = _time_again(models, parts, device, threads, repeat_batch, timing, seed, precisions, tf, jax,
                                host, spin, rows, quiet) if repeat_points else None
         peak_runs += machine.measure_peak(device, threads, peak_sizes, when="end", spin=spin)
@@ -427,7 +432,8 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 "execution_mode": "ORT_SEQUENTIAL", "allow_spinning": bool(spin), "batch_sizes": batch_sizes,
                 "parts": list(parts), "precisions": list(precisions),
                 "repeats": int(repeats), "max_seconds_per_point": float(max_seconds), "min_runs": MIN_RUNS,
-                "warmup_seconds": float(warmup_seconds), "seed": int(seed), "copy_inclusive": bool(copy_inclusive),
+                "warmup_seconds": float(warmup_seconds), "rounds": int(rounds), "seed": int(seed),
+                "copy_inclusive": bool(copy_inclusive),
                 "tf_baseline": bool(tf is not None), "tf_bf16_baseline": bool(tf is not None and tf_bf16),
                 "jax_baseline": bool(jax is not None), "cuda_graphs": bool(cuda_graphs),
                 "host_memory": host_note, "timing": DESCRIPTION,
@@ -457,9 +463,28 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
         "skipped": skipped,
         "rows": rows,
         "repeat": repeated,
+        "rounds": passes.summary(rows, rounds, device) if rounds > 1 else None,
     }
     result["targets"] = targets.evaluate(result)
     return result
+
+
+def _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host, spin, rows,
+                 rounds, quiet):
+    """`rows` (the first pass) with every figure from its median of `rounds` passes (benchmarks.rounds); the later
+    passes time onnxruntime and the float32 baseline only (no copies, graphs or bf16)."""
+    if rounds == 1:
+        return rows
+    every = [rows]
+    for n in range(2, rounds + 1):
+        log("Pass {} of {}: timing every point again".format(n, rounds), quiet)
+        again = []
+        for model in models:
+            for part in parts:
+                again += bench_part(model, part, device, threads, batch_sizes, timing, seed, precisions, False, tf,
+                                    False, jax, False, host, spin, quiet=True)[0]
+        every.append(again)
+    return passes.combine(every)
 
 
 def _time_again(models, parts, device, threads, batch_size, timing, seed, precisions, tf, jax, host, spin, rows,

@@ -7,7 +7,7 @@ models, and the targets are checked again over the merged rows. Results of a dif
 timing method are never merged: their figures would not be comparable.
 """
 
-from benchmarks import repeat, targets
+from benchmarks import repeat, rounds, targets
 from benchmarks.errors import BenchmarkError
 
 #: What two results must share to be merged: the machine, the software that is timed and how it is timed.
@@ -15,7 +15,9 @@ SAME_MACHINE = ("cpu_model", "usable_cpus", "memory_gib")
 SAME_VERSIONS = ("python", "numpy", "onnx", "onnxruntime", "tensorflow", "keras", "jax")
 SAME_SETTINGS = ("device", "provider", "threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
                  "allow_spinning", "batch_sizes", "repeats", "max_seconds_per_point", "min_runs", "warmup_seconds",
-                 "copy_inclusive", "tf_baseline", "tf_bf16_baseline", "jax_baseline", "cuda_graphs", "timing")
+                 "copy_inclusive", "tf_baseline", "tf_bf16_baseline", "jax_baseline", "cuda_graphs", "timing", "rounds")
+#: What a result written before a setting existed means by it.
+DEFAULTS = {"settings.rounds": 1}
 #: How far apart two runs' MatMul peaks may be and still be one machine. A cloud VM's CPU name does not name its
 #: host: "AMD EPYC" measured 430 GFLOP/s on one and 180 on another; one run's start and end differ by up to 7%.
 PEAK_TOLERANCE = 0.15
@@ -28,10 +30,12 @@ def _run(result, models):
 
 
 def _at(result, path):
-    """The value at a dotted `path` of a result ("machine.versions.onnxruntime"), None where any part is missing."""
+    """The value at a dotted `path` of a result ("machine.versions.onnxruntime"), None where any part is missing
+    (DEFAULTS where the result predates the setting)."""
+    value = result
     for key in path.split("."):
-        result = (result or {}).get(key)
-    return result
+        value = (value or {}).get(key)
+    return DEFAULTS.get(path) if value is None and result is not None else value
 
 
 CHECKED = (("schema", "device") + tuple("machine." + k for k in SAME_MACHINE)
@@ -75,6 +79,7 @@ def merge(old, new, where="the earlier result"):
     runs = [r for r in runs if r["models"]] + [_run(new, measured)]
     merged = dict(new, models=[models[n] for n in order], rows=[r for n in order for r in rows[n]],
                   skipped=skipped, runs=runs, repeat=repeat.merge(old.get("repeat"), new.get("repeat"), measured))
+    merged["rounds"] = rounds.merge(old.get("rounds"), new.get("rounds"), merged["rows"], merged["device"])
     merged["targets"] = targets.evaluate(merged)
     return merged
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import merge, repeat
+from benchmarks import merge, repeat, rounds
 from benchmarks import targets as target_checks
 from zoo import fileio
 
@@ -116,6 +116,7 @@ def to_markdown(result):
     if result.get("skipped"):
         lines += ["Not measured: " + "; ".join("{model} {part} {precision} ({reason})".format(**s)
                                                for s in result["skipped"]), ""]
+    lines += rounds.report_lines(result.get("rounds"))
     lines += repeat.report_lines(result.get("repeat"))
     if result.get("targets"):
         lines += ["## Targets", ""] + target_checks.report_lines(result["targets"]) + [""]

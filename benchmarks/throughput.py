@@ -8,7 +8,7 @@ the CPU, Keras on JAX on the GPU. The command line; the work is in the modules i
 benchmarks.discovery finds the models, benchmarks.sessions makes and calls the onnxruntime sessions,
 benchmarks.timing times calls, benchmarks.tf_baseline and benchmarks.jax_baseline are the baseline workers,
 benchmarks.machine describes the machine and its MatMul peak, benchmarks.measure runs the points,
-benchmarks.targets checks the issues' targets and benchmarks.report writes JSON, CSV, Markdown and PNGs.
+benchmarks.rounds keeps each figure's median of several passes (--rounds), benchmarks.targets checks the issues' targets and benchmarks.report writes JSON, CSV, Markdown and PNGs.
 """
 
 import argparse
@@ -62,7 +62,8 @@ def build_parser():
             "runs/dae_mnist/export --batch-sizes 1,64,1024 --out /tmp/bench",
             "--all --parts encoder,decoder --precision fp32,int8 --max-seconds 0.5",
             "deep_ae_fashion_mnist --device cuda --precision fp32,fp16   # the bundled release, on a GPU",
-            "runs/*_fashion_mnist --batch-sizes 1,8,64,256,1024,4096 --out benchmarks/results/"])
+            "runs/*_fashion_mnist --batch-sizes 1,8,64,256,1024,4096 --out benchmarks/results/",
+            "runs/*_fashion_mnist --precision fp32,int8 --rounds 3   # each figure the median of 3 passes"])
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="export dirs, run dirs (with export/), release bundles, or preset names "
                              "(runs/<preset>/export/, else the bundled release)")
@@ -104,6 +105,10 @@ def build_parser():
                         "the end of the run, to show how steady the machine was (default: 256 if measured, else "
                         "1024, 64 or the largest)")
     parser.add_argument("--no-repeat", action="store_true", help="do not time any point again")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every point in this many passes over all the models and keep each figure's "
+                             "median pass, so that a slow phase of the machine moves no verdict (about 0.6x the "
+                             "first pass's time per extra pass; default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
@@ -132,7 +137,7 @@ def main(argv=None):
                                runs_dir=args.runs_dir, quiet=args.quiet, command=command,
                                precisions=args.precisions, tf_bf16=args.tf_bf16, jax_baseline=args.jax,
                                cuda_graphs=args.cuda_graphs, repeat_points=not args.no_repeat,
-                               repeat_batch=args.repeat_batch)
+                               repeat_batch=args.repeat_batch, rounds=args.rounds)
         if args.merge:
             result = merge_into(result, args.out)
         files = write_results(result, args.out, plot=not args.no_plot)

@@ -141,7 +141,7 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
     export = _with_int8_encoder(export_dir, tmp_path)
     out = tmp_path / "results"
     assert throughput.main([str(export), "--out", str(out), "--threads", "1", "--precision", "fp32,int8",
-                            "--tf-bf16"] + FAST) == 0
+                            "--tf-bf16", "--rounds", "2"] + FAST) == 0
     result = json.loads((out / "throughput.json").read_text())
     assert result["schema"] == throughput.SCHEMA and result["device"] == "cpu"
     machine = result["machine"]
@@ -206,6 +206,18 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
         assert point["change"] == pytest.approx(point["again_images_per_s"] / row["images_per_s"] - 1)
         assert point["again_ratio"] == pytest.approx(point["again_images_per_s"] / point["again_baseline_images_per_s"])
     assert "## Timed again at the end of the run" in markdown and "4 points at batch 4 were timed again" in markdown
+    # Two passes over the model: each figure is its framework's slower pass (the lower median of two), its
+    # latencies from that pass; the first pass alone has copies, bf16 and one-call figures.
+    assert result["settings"]["rounds"] == 2 and result["rounds"]["rounds"] == 2
+    assert result["rounds"]["points"] == len(rows)
+    for row in rows:
+        assert len(row["rounds_images_per_s"]) == 2 and len(row["rounds_tf_images_per_s"]) == 2
+        assert row["images_per_s"] == min(row["rounds_images_per_s"])
+        assert row["tf_images_per_s"] == min(row["rounds_tf_images_per_s"])
+        assert row["tf_latency_us_p50"] == pytest.approx(row["batch_size"] / row["tf_images_per_s"] * 1e6)
+        assert row["rounds_ort_tf_ratio"] == pytest.approx(
+            [a / b for a, b in zip(row["rounds_images_per_s"], row["rounds_tf_images_per_s"])])
+    assert "## Rounds" in markdown and "timed in 2 passes" in markdown
 
 
 def test_points_timed_again_report_what_moved():
@@ -242,6 +254,46 @@ def test_points_timed_again_report_what_moved():
         repeat.batch_to_repeat([1, 64], 256)
     assert repeat.batch_to_repeat([1, 64, 4096]) == 64 and repeat.batch_to_repeat([1, 8]) == 8
 
+
+
+def test_rounds_take_each_figure_from_its_median_pass():
+    from benchmarks import rounds
+
+    def row(model, precision, batch, images, tf, **extra):
+        return dict({"model": model, "part": "decoder", "precision": precision, "batch_size": batch,
+                     "images_per_s": images, "latency_us_p50": batch / images * 1e6, "runs": 5,
+                     "tf_images_per_s": tf, "tf_latency_us_p50": batch / tf * 1e6, "tf_runs": 5,
+                     "ort_tf_ratio": images / tf}, **extra)
+
+    first = [row("ae", "int8", 256, 300.0, 100.0, copy_images_per_s=150.0, ort_tf_ratio_copy=1.5),
+             row("ae", "fp32", 256, 90.0, 100.0), row("vq", "fp32", 1, 10.0, 1.0)]
+    second = [row("ae", "int8", 256, 150.0, 100.0), row("ae", "fp32", 256, 110.0, 95.0)]  # vq not timed again
+    third = [row("ae", "int8", 256, 210.0, 120.0), row("ae", "fp32", 256, 100.0, 90.0)]
+    combined = rounds.combine([first, second, third])
+    int8, fp32, vq = combined
+    assert int8["images_per_s"] == 210.0 and int8["tf_images_per_s"] == 100.0  # medians of 300/150/210, 100/100/120
+    assert int8["latency_us_p50"] == pytest.approx(256 / 210.0 * 1e6)  # that pass's latencies
+    assert int8["ort_tf_ratio"] == pytest.approx(2.1) and int8["ort_tf_ratio_copy"] == pytest.approx(1.5)
+    assert int8["rounds_ort_tf_ratio"] == pytest.approx([3.0, 1.5, 1.75])
+    assert fp32["images_per_s"] == 100.0 and fp32["tf_images_per_s"] == 95.0
+    assert vq == first[2] and "rounds_images_per_s" not in vq  # one pass: as it was
+    assert first[0]["images_per_s"] == 300.0  # the passes are not changed
+    assert rounds.combine([first[:2], second]).__getitem__(0)["images_per_s"] == 150.0  # two: the slower
+    # int8 at batch >= 64 is judged at 2x TensorFlow: its passes (3.0, 1.5, 1.75) fall on both sides of it;
+    # fp32's (0.9, 1.16, 1.11) on both sides of 1x.
+    assert rounds.target_line(int8, "cpu") == ("ort_tf_ratio", 2.0) and rounds.undecided(int8, "cpu")
+    assert rounds.undecided(fp32, "cpu") and not rounds.undecided(vq, "cpu")
+    assert rounds.target_line(dict(int8, batch_size=8), "cpu") is None
+    section = rounds.summary(combined, 3, "cpu")
+    assert section["points"] == 2 and section["unsteady"] == 2 and section["largest_spread"] == pytest.approx(1.0)
+    assert [(p["precision"], p["line"]) for p in section["undecided"]] == [("int8", 2.0), ("fp32", 1.0)]
+    text = "\n".join(rounds.report_lines(section))
+    assert "timed in 3 passes" in text and "2 points' passes fall on both sides" in text
+    assert "| ae | decoder | int8 | 256 | 2x | 2.10 | 3.00, 1.50, 1.75 |" in text
+    steady = rounds.summary(rounds.combine([first[1:2], [row("ae", "fp32", 256, 91.0, 99.0)]]), 2, "cpu")
+    assert steady["undecided"] == [] and "No point's passes fall on both sides" in "\n".join(
+        rounds.report_lines(steady))
+    assert rounds.report_lines(None) == [] and rounds.merge(None, None, [], "cpu") is None
 
 
 def test_merge_replaces_only_the_models_measured_again(export_dir, tmp_path, capsys, monkeypatch):
@@ -317,6 +369,9 @@ def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--repeat-batch", "256", "--no-tf"] + FAST) == 2
     assert "--repeat-batch: the batch size to time again (256) is not one of the run's (1, 4)" in (
         capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+    assert throughput.main([str(export_dir), "--out", str(tmp_path), "--rounds", "0", "--no-tf"] + FAST) == 2
+    assert "--rounds must be a positive integer (1 = one pass); got 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
