@@ -262,10 +262,12 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
         seeds = quality.get("seeds") or {}
         if seeds.get("n", 1) > 1:
             spread = seeds["metrics"]["sq_error_per_image"]
+            released = bool(release_dir and (Path(release_dir) / preset.name / schema.MANIFEST).is_file())
             lines.append("- Over {} seeds ({}): squared error per image {:.2f} ± {:.2f} (min {:.2f}, max {:.2f}); "
-                         "the figures above are seed {}'s, the released run.".format(
+                         "the figures above are seed {}'s, {}.".format(
                              seeds["n"], ", ".join(str(x) for x in seeds["seeds"]), spread["mean"], spread["std"],
-                             spread["min"], spread["max"], quality.get("training", {}).get("seed")))
+                             spread["min"], spread["max"], quality.get("training", {}).get("seed"),
+                             "the released run" if released else "the preset's own run (runs/{})".format(preset.name)))
         lines += ["- Denoising PSNR, noisy → output: " + "; ".join(
                       "{} {:.1f} → {:.1f} dB".format(d["label"], d["noisy_psnr_db"], d["output_psnr_db"])
                       for d in quality["denoising"]) + ".", ""]
