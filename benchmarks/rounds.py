@@ -140,10 +140,11 @@ def report_lines(section):
     """Markdown: how far the passes spread, and the points whose passes fall on both sides of a target line."""
     if not section or not section.get("points"):
         return []
+    how = section["definition"]
     lines = ["## Rounds", "",
-             "Every point was timed in {} passes: {}. Over {} points the passes spread (fastest / slowest - 1) by "
-             "{:.0%} at the median and {:.0%} at most; {} points spread by more than {:.0%}.".format(
-                 section["rounds"], section["definition"], section["points"], section["median_spread"] or 0.0,
+             "{}{}. Over {} points the passes spread (fastest / slowest - 1) by {:.0%} at the median and {:.0%} at "
+             "most; {} points spread by more than {:.0%}.".format(
+                 how[:1].upper(), how[1:], section["points"], section["median_spread"] or 0.0,
                  section["largest_spread"] or 0.0, section["unsteady"], section["tolerance"]), ""]
     split = section.get("undecided") or []
     if not split:
