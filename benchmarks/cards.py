@@ -205,6 +205,7 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
 
     arch, params, latent = arch or architecture(preset)
     use, limits = USE_AND_LIMITS.get(preset.model, ("", ""))
+    released = bool(release_dir and (Path(release_dir) / preset.name / schema.MANIFEST).is_file())
     lines = ["## {}".format(preset.name), "",
              "`{}`: {}. Family `{}`: {}".format(preset.name, preset.description, preset.model,
                                                 describe_models()[preset.model]), "",
@@ -262,7 +263,6 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
         seeds = quality.get("seeds") or {}
         if seeds.get("n", 1) > 1:
             spread = seeds["metrics"]["sq_error_per_image"]
-            released = bool(release_dir and (Path(release_dir) / preset.name / schema.MANIFEST).is_file())
             lines.append("- Over {} seeds ({}): squared error per image {:.2f} ± {:.2f} (min {:.2f}, max {:.2f}); "
                          "the figures above are seed {}'s, {}.".format(
                              seeds["n"], ", ".join(str(x) for x in seeds["seeds"]), spread["mean"], spread["std"],
@@ -281,7 +281,6 @@ def card(preset, quality, throughput, release_dir, results_dir=RESULTS_DIR, arch
     lines += throughput_lines(preset.name, throughput) + [""]
     lines += release_lines(preset.name, release_dir) + [""]
     lines += ["Intended use: {} Known limits: {}".format(use, limits), "", "How to get and run it:", ""]
-    released = bool(release_dir and (Path(release_dir) / preset.name / schema.MANIFEST).is_file())
     if released:
         lines += ["```python",
                   "import zoo",

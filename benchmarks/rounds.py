@@ -110,11 +110,12 @@ def summary(rows, rounds, device, tolerance=TOLERANCE):
     """The `rounds` section of a result: how far each point's passes spread, and the points whose verdict
     differs between passes (each with its per-pass ratios)."""
     points = [r for r in rows if r.get("rounds_images_per_s")]
-    spreads = [s for r in points for s in (_spread(r["rounds_images_per_s"]),
-                                           *(_spread(r.get("rounds_{}_images_per_s".format(n))) for n, _ in BASELINES))
-               if s is not None]
-    unsteady = [r for r in points if any((s or 0) > tolerance for s in (
-        _spread(r["rounds_images_per_s"]), *(_spread(r.get("rounds_{}_images_per_s".format(n))) for n, _ in BASELINES)))]
+    # Each point's spreads: onnxruntime's and each baseline's it was timed against.
+    by_point = [[s for s in (_spread(r.get("rounds_" + speed)) for speed in
+                             ("images_per_s",) + tuple(n + "_images_per_s" for n, _ in BASELINES)) if s is not None]
+                for r in points]
+    spreads = [s for point in by_point for s in point]
+    unsteady = [point for point in by_point if any(s > tolerance for s in point)]
     split = []
     for row in points:
         if undecided(row, device):

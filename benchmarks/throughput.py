@@ -8,7 +8,8 @@ the CPU, Keras on JAX on the GPU. The command line; the work is in the modules i
 benchmarks.discovery finds the models, benchmarks.sessions makes and calls the onnxruntime sessions,
 benchmarks.timing times calls, benchmarks.tf_baseline and benchmarks.jax_baseline are the baseline workers,
 benchmarks.machine describes the machine and its MatMul peak, benchmarks.measure runs the points,
-benchmarks.rounds keeps each figure's median of several passes (--rounds), benchmarks.targets checks the issues' targets and benchmarks.report writes JSON, CSV, Markdown and PNGs.
+benchmarks.rounds keeps each figure's median of several passes (--rounds), benchmarks.targets checks the
+issues' targets and benchmarks.report writes JSON, CSV, Markdown and PNGs.
 """
 
 import argparse
