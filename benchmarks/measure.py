@@ -478,24 +478,27 @@ def _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, prec
     every = [rows]
     for n in range(2, rounds + 1):
         log("Pass {} of {}: timing every point again".format(n, rounds), quiet)
-        again = []
-        for model in models:
-            for part in parts:
-                again += bench_part(model, part, device, threads, batch_sizes, timing, seed, precisions, False, tf,
-                                    False, jax, False, host, spin, quiet=True)[0]
-        every.append(again)
+        every.append(_plain_pass(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax,
+                                 host, spin))
     return passes.combine(every)
+
+
+def _plain_pass(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host, spin):
+    """Rows of every model and part at `batch_sizes`, onnxruntime and the float32 baseline only (no copies,
+    graphs or bf16): what a later pass (--rounds) and the repeat at the end time."""
+    rows = []
+    for model in models:
+        for part in parts:
+            rows += bench_part(model, part, device, threads, batch_sizes, timing, seed, precisions, False, tf,
+                               False, jax, False, host, spin, quiet=True)[0]
+    return rows
 
 
 def _time_again(models, parts, device, threads, batch_size, timing, seed, precisions, tf, jax, host, spin, rows,
                 quiet):
     """benchmarks.repeat's section: every model's points at `batch_size` timed again (no copies, graphs or bf16)."""
     log("Timing every model again at batch {}, to see how steady the machine was".format(batch_size), quiet)
-    again = []
-    for model in models:
-        for part in parts:
-            again += bench_part(model, part, device, threads, [batch_size], timing, seed, precisions, False, tf,
-                                False, jax, False, host, spin, quiet=True)[0]
+    again = _plain_pass(models, parts, device, threads, [batch_size], timing, seed, precisions, tf, jax, host, spin)
     section = repeat.summary(repeat.compare(rows, again), batch_size)
     for point in section["points"]:
         if repeat.moved(point):

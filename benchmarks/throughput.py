@@ -108,8 +108,8 @@ def build_parser():
     parser.add_argument("--no-repeat", action="store_true", help="do not time any point again")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time every point in this many passes over all the models and keep each figure's "
-                             "median pass, so that a slow phase of the machine moves no verdict (about 0.6x the "
-                             "first pass's time per extra pass; default %(default)s)")
+                             "median pass, so that a slow phase of the machine moves no verdict (each extra pass "
+                             "is shorter than the first: no copies, bf16 or one-call timings; default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
