@@ -95,10 +95,13 @@ def throughput_lines(name, throughput):
     machine = throughput.get("machine", {})
     # The CPU's name alone does not tell hosts apart (two "AMD EPYC" hosts measured 190 and 430 GFLOP/s).
     peak = (throughput.get("peak") or {}).get("gflops_per_s")
-    lines = ["onnxruntime on {} ({} threads{}), IOBinding, images/s (p50 latency; ratio to TensorFlow on the "
+    tuned = throughput.get("settings", {}).get("tune")
+    lines = ["onnxruntime on {} ({} threads{}), IOBinding{}, images/s (p50 latency; ratio to TensorFlow on the "
              "SavedModel):".format(machine.get("cpu_model", throughput.get("device")),
                                    throughput.get("settings", {}).get("threads"),
-                                   "" if peak is None else "; MatMul peak {:.0f} GFLOP/s".format(peak)), "",
+                                   "" if peak is None else "; MatMul peak {:.0f} GFLOP/s".format(peak),
+                                   ", each batch served with the plan `Runtime.tune` chose for it (pieces and "
+                                   "threads; the untuned figures are in throughput.md)" if tuned else ""), "",
              "| part | " + " | ".join("batch {}".format(b) for b in CARD_BATCH_SIZES) + " |",
              "| --- |" + " ---: |" * len(CARD_BATCH_SIZES)]
     for part in ("encoder", "decoder", "autoencoder"):

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -36,6 +37,11 @@ SETTINGS_TEXT = {
              "larger than the file's rows per call (export.runtime.rows_per_call: DEFAULT_BATCH_SIZE unless the "
              "export names fewer) runs as the Runtime serves it, in pieces of that many rows (views of the input "
              "and of the outputs, no copies; chunk_rows), with the one-call figure beside it (single_*)",
+    "tuned": "--tune (CPU): at each point export.runtime.tune_session, as Runtime.tune does, times every "
+            "candidate plan on the point's first TUNE_MAX_ROWS rows (pieces of the file's rows per call, 128 or 32 "
+            "rows, on the session or on one one-thread session per thread, each over its slice of the batch), "
+            "keeps the fastest (plan_rows, plan_workers; every candidate's figure in plan_candidates) and times it "
+            "on the whole batch for the row's figures; the untuned Runtime's are default_*",
     "copy": "InferenceSession.run with numpy inputs and outputs: host-device copies (pageable memory) and output "
             "allocation included",
     "pinned": "CUDA only: IOBinding with the input in page-locked host memory and the outputs copied back into "
@@ -179,15 +185,68 @@ def _time_graph(row, session_file, device, threads, spin, batch_size, item_shape
     row.update(timing.stats(lambda: fixed.run(x), batch_size, "graph_copy"))
 
 
+class _Tuner:
+    """export.runtime's plan choice (Runtime.tune) for the benchmark's sessions: one-thread worker sessions of
+    each file, made once, and one thread pool for their slices."""
+
+    def __init__(self, device, threads, spin):
+        self.device, self.threads, self.spin = device, int(threads), spin
+        self.sessions, self.executor = {}, None
+
+    def workers(self, file, k):
+        if len(self.sessions.get(file, ())) != k:
+            self.sessions[file] = [make_session(file, self.device, 1, self.spin) for _ in range(k)]
+        return self.sessions[file]
+
+    def pool(self, k):
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max(1, self.threads - 1), thread_name_prefix="benchmark-workers")
+        return self.executor
+
+    def run(self, session, file, x, piece):
+        """(plan, {plan: images/s}, the callable that serves `x` with the plan) after choosing the plan on the
+        first TUNE_MAX_ROWS rows; (None, {}, None) where there is nothing to choose."""
+        plan, speeds = runtime.tune_session(session, x[:runtime.TUNE_MAX_ROWS], piece, self.threads,
+                                            lambda k: self.workers(file, k), self.pool, batch_size=len(x))
+        if plan is None:
+            return None, {}, None
+        if plan.workers > 1 and len(x) > plan.rows:
+            outputs = runtime.output_buffers(session, len(x))
+            serve = runtime.SlicedRun(self.workers(file, plan.workers), x, plan.rows, outputs, self.pool(0))
+        elif len(x) > plan.rows:
+            serve = PiecesRun(session, x, plan.rows)
+        else:
+            serve = BoundRun(session, {session.get_inputs()[0].name: x}, self.device)
+        return plan, speeds, serve
+
+    def close(self):
+        if self.executor is not None:
+            self.executor.shutdown()
+        self.sessions.clear()
+
+
 def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisions=("fp32",), copy_inclusive=True,
-               tf=None, tf_bf16=False, jax=None, cuda_graphs=False, host=None, spin=True, quiet=False):
+               tf=None, tf_bf16=False, jax=None, cuda_graphs=False, host=None, spin=True, quiet=False, tune=False):
     """Rows for one part at every batch size and precision, and what was learnt about its sessions.
 
     On each point onnxruntime runs every precision first, then the baselines on the same inputs, so that all of
-    them see the same machine load; a row's ratios compare that precision with the float32 baselines."""
+    them see the same machine load; a row's ratios compare that precision with the float32 baselines. `tune` (CPU):
+    each point's headline figure is the plan export.runtime's Runtime.tune chooses there (plan_*), with the
+    untuned Runtime's figure beside it (default_*)."""
     files = {p: model.parts[part] if p == "fp32" else model.variant(part, p) for p in precisions}
     files = {p: f for p, f in files.items() if f is not None}
     sessions = {p: make_session(f, device, threads, spin) for p, f in files.items()}
+    tuner = _Tuner(device, threads, spin) if tune and device == "cpu" else None
+    try:
+        return _bench_part(model, part, device, threads, batch_sizes, timing, seed, files, sessions, copy_inclusive,
+                           tf, tf_bf16, jax, cuda_graphs, host, spin, quiet, tuner)
+    finally:
+        if tuner is not None:
+            tuner.close()
+
+
+def _bench_part(model, part, device, threads, batch_sizes, timing, seed, files, sessions, copy_inclusive, tf,
+                tf_bf16, jax, cuda_graphs, host, spin, quiet, tuner):
     rows_per_call = {p: runtime.rows_per_call(s) for p, s in sessions.items()}  # the file's, read once
     info = {p: {"file": str(files[p]), "provider": s.get_providers()[0], "node_placement": node_placement(s),
                 "input": s.get_inputs()[0].name, "outputs": [o.name for o in s.get_outputs()]}
@@ -206,10 +265,20 @@ def bench_part(model, part, device, threads, batch_sizes, timing, seed, precisio
             bound = BoundRun(session, {name: x}, device)
             piece = rows_per_call[precision]
             if device == "cpu" and batch_size > piece:
-                row.update(timing.stats(PiecesRun(session, x, piece), batch_size), chunk_rows=piece)
+                served = timing.stats(PiecesRun(session, x, piece), batch_size)
+                row.update(served, chunk_rows=piece)
                 row.update(timing.stats(bound, batch_size, "single"))
             else:
-                row.update(timing.stats(bound, batch_size))
+                served = timing.stats(bound, batch_size)
+                row.update(served)
+            plan, speeds, serve = tuner.run(session, files[precision], x, piece) if tuner else (None, {}, None)
+            if plan is not None:
+                # The untuned Runtime's figure moves to default_*; the tuned plan's becomes the row's own.
+                row.update(prefixed(served, "default"), plan_rows=plan.rows, plan_workers=plan.workers,
+                           plan_candidates={str(p): v for p, v in speeds.items()})
+                if plan != runtime.plan_candidates(batch_size, piece, threads)[0]:
+                    row.update(timing.stats(serve, batch_size))
+                del serve
             output_shapes = bound.output_shapes()
             if precision == "fp32" and jax is not None and model.keras_source and "jax_parity" not in info[precision]:
                 got = bound.outputs()
@@ -306,14 +375,17 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                   repeats=DEFAULT_REPEATS, max_seconds=DEFAULT_MAX_SECONDS, warmup_seconds=DEFAULT_WARMUP_SECONDS,
                   tf_baseline=None, peak_sizes=None, copy_inclusive=True, spin=True, seed=0, runs_dir=RUNS_DIR,
                   quiet=False, command=None, precisions=("fp32",), tf_bf16=None, jax_baseline=None,
-                  cuda_graphs=None, repeat_points=True, repeat_batch=None, rounds=1):
+                  cuda_graphs=None, repeat_points=True, repeat_batch=None, rounds=1, tune=False):
     """Benchmark `models` (ExportedModels, export dirs, bundles or preset names) and return the result dict.
 
     Baselines default by device: TensorFlow fp32 (and bf16 where the CPU has bfloat16 instructions) on the CPU,
     Keras on JAX on CUDA. `precisions` adds rows for the variant files an export has (fp16, int8).
     `repeat_points`: time each model's points at one batch size (`repeat_batch`, else benchmarks.repeat's choice)
     again after every model, to show how steady the machine was (the result's `repeat`). `rounds`: time every
-    point in that many passes over all the models and keep each figure's median pass (benchmarks.rounds)."""
+    point in that many passes over all the models and keep each figure's median pass (benchmarks.rounds). `tune`
+    (CPU): every point is served with the plan export.runtime's Runtime.tune chooses there (bench_part)."""
+    if tune and device != "cpu":
+        raise BenchmarkError("--tune chooses CPU plans (pieces and one-thread workers); it needs --device cpu.")
     check_device(device)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise BenchmarkError("--rounds must be a positive integer (1 = one pass); got {!r}.".format(rounds))
@@ -401,14 +473,14 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 flops[model.name][part] = count_flops(model.parts[part]).to_dict()
                 part_rows, infos[model.name][part] = bench_part(
                     model, part, device, threads, batch_sizes, timing, seed, precisions, copy_inclusive, tf,
-                    tf_bf16, jax, cuda_graphs, host, spin, quiet)
+                    tf_bf16, jax, cuda_graphs, host, spin, quiet, tune)
                 for row in part_rows:
                     row["flops_per_image"] = flops[model.name][part]["flops"]
                 rows.extend(part_rows)
         rows = _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host,
-                            spin, rows, rounds, quiet)
+                            spin, rows, rounds, quiet, tune)
         repeated = _time_again(models, parts, device, threads, repeat_batch, timing, seed, precisions, tf, jax,
-                               host, spin, rows, quiet) if repeat_points else None
+                               host, spin, rows, quiet, tune) if repeat_points else None
         peak_runs += machine.measure_peak(device, threads, peak_sizes, when="end", spin=spin)
         jax_state = jax.state() if jax is not None else None
     finally:
@@ -432,7 +504,7 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 "execution_mode": "ORT_SEQUENTIAL", "allow_spinning": bool(spin), "batch_sizes": batch_sizes,
                 "parts": list(parts), "precisions": list(precisions),
                 "repeats": int(repeats), "max_seconds_per_point": float(max_seconds), "min_runs": MIN_RUNS,
-                "warmup_seconds": float(warmup_seconds), "rounds": int(rounds), "seed": int(seed),
+                "warmup_seconds": float(warmup_seconds), "rounds": int(rounds), "tune": bool(tune), "seed": int(seed),
                 "copy_inclusive": bool(copy_inclusive),
                 "tf_baseline": bool(tf is not None), "tf_bf16_baseline": bool(tf is not None and tf_bf16),
                 "jax_baseline": bool(jax is not None), "cuda_graphs": bool(cuda_graphs),
@@ -440,7 +512,7 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
                 "precision": "fp32 rows run encoder.onnx etc.; fp16 and int8 rows the variant files "
                              "(encoder.int8.onnx, ...), float32 inputs and outputs; every ratio is to the float32 "
                              "baseline unless its name says bf16"}
-    settings.update({k: v for k, v in SETTINGS_TEXT.items() if k in ("bound", "inputs")
+    settings.update({k: v for k, v in SETTINGS_TEXT.items() if k in ("bound", "inputs") or (k == "tuned" and tune)
                      or (k in ("copy",) and copy_inclusive) or (k == "pinned" and host is not None and copy_inclusive)
                      or (k in ("graph", "graph_copy") and cuda_graphs) or (k == "tf" and tf is not None)
                      or (k == "tf_bf16" and tf is not None and tf_bf16) or (k == "jax" and jax is not None)})
@@ -470,7 +542,7 @@ def run_benchmark(models, device="cpu", batch_sizes=DEFAULT_BATCH_SIZES, parts=t
 
 
 def _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host, spin, rows,
-                 rounds, quiet):
+                 rounds, quiet, tune=False):
     """`rows` (the first pass) with every figure from its median of `rounds` passes (benchmarks.rounds); the later
     passes time onnxruntime and the float32 baseline only (no copies, graphs or bf16)."""
     if rounds == 1:
@@ -479,26 +551,28 @@ def _more_rounds(models, parts, device, threads, batch_sizes, timing, seed, prec
     for n in range(2, rounds + 1):
         log("Pass {} of {}: timing every point again".format(n, rounds), quiet)
         every.append(_plain_pass(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax,
-                                 host, spin))
+                                 host, spin, tune))
     return passes.combine(every)
 
 
-def _plain_pass(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host, spin):
+def _plain_pass(models, parts, device, threads, batch_sizes, timing, seed, precisions, tf, jax, host, spin,
+                tune=False):
     """Rows of every model and part at `batch_sizes`, onnxruntime and the float32 baseline only (no copies,
     graphs or bf16): what a later pass (--rounds) and the repeat at the end time."""
     rows = []
     for model in models:
         for part in parts:
             rows += bench_part(model, part, device, threads, batch_sizes, timing, seed, precisions, False, tf,
-                               False, jax, False, host, spin, quiet=True)[0]
+                               False, jax, False, host, spin, quiet=True, tune=tune)[0]
     return rows
 
 
 def _time_again(models, parts, device, threads, batch_size, timing, seed, precisions, tf, jax, host, spin, rows,
-                quiet):
+                quiet, tune=False):
     """benchmarks.repeat's section: every model's points at `batch_size` timed again (no copies, graphs or bf16)."""
     log("Timing every model again at batch {}, to see how steady the machine was".format(batch_size), quiet)
-    again = _plain_pass(models, parts, device, threads, [batch_size], timing, seed, precisions, tf, jax, host, spin)
+    again = _plain_pass(models, parts, device, threads, [batch_size], timing, seed, precisions, tf, jax, host, spin,
+                        tune)
     section = repeat.summary(repeat.compare(rows, again), batch_size)
     for point in section["points"]:
         if repeat.moved(point):

@@ -15,9 +15,10 @@ SAME_MACHINE = ("cpu_model", "usable_cpus", "memory_gib")
 SAME_VERSIONS = ("python", "numpy", "onnx", "onnxruntime", "tensorflow", "keras", "jax")
 SAME_SETTINGS = ("device", "provider", "threads", "inter_op_threads", "graph_optimization_level", "execution_mode",
                  "allow_spinning", "batch_sizes", "repeats", "max_seconds_per_point", "min_runs", "warmup_seconds",
-                 "copy_inclusive", "tf_baseline", "tf_bf16_baseline", "jax_baseline", "cuda_graphs", "timing", "rounds")
+                 "copy_inclusive", "tf_baseline", "tf_bf16_baseline", "jax_baseline", "cuda_graphs", "timing", "rounds",
+                 "tune")
 #: What a result written before a setting existed means by it.
-DEFAULTS = {"settings.rounds": 1}
+DEFAULTS = {"settings.rounds": 1, "settings.tune": False}
 #: How far apart two runs' MatMul peaks may be and still be one machine. A cloud VM's CPU name does not name its
 #: host: "AMD EPYC" measured 430 GFLOP/s on one and 180 on another; one run's start and end differ by up to 7%.
 PEAK_TOLERANCE = 0.15

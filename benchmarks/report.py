@@ -17,6 +17,7 @@ CSV_COLUMNS = (
     "model", "family", "part", "precision", "device", "provider", "batch_size", "threads", "runs",
     "latency_us_p50", "latency_us_p90", "latency_us_p99", "latency_us_mean", "images_per_s",
     "chunk_rows", "single_latency_us_p50", "single_images_per_s",
+    "plan_rows", "plan_workers", "default_latency_us_p50", "default_images_per_s",
     "flops_per_image", "gflops_per_s", "fraction_of_peak", "peak_gflops_per_s",
     "copy_latency_us_p50", "copy_latency_us_p90", "copy_latency_us_p99", "copy_images_per_s",
     "pinned_latency_us_p50", "pinned_images_per_s",
@@ -32,7 +33,9 @@ CSV_COLUMNS = (
 TABLE = (("part", "part", None, None), ("precision", "precision", None, None), ("batch", "batch_size", None, None),
          ("p50 us", "latency_us_p50", ".1f", 1), ("p90 us", "latency_us_p90", ".1f", 1),
          ("images/s", "images_per_s", ",.0f", 1), ("in pieces of", "chunk_rows", "d", 1),
-         ("one call images/s", "single_images_per_s", ",.0f", 1), ("MFLOP/image", "flops_per_image", ".3f", 1e-6),
+         ("one call images/s", "single_images_per_s", ",.0f", 1),
+         ("tuned: rows a call", "plan_rows", "d", 1), ("workers", "plan_workers", "d", 1),
+         ("untuned images/s", "default_images_per_s", ",.0f", 1), ("MFLOP/image", "flops_per_image", ".3f", 1e-6),
          ("GFLOP/s", "gflops_per_s", ".1f", 1), ("% of peak", "fraction_of_peak", ".0f", 100),
          ("graph p50 us", "graph_latency_us_p50", ".1f", 1), ("graph images/s", "graph_images_per_s", ",.0f", 1),
          ("graph % of peak", "graph_fraction_of_peak", ".0f", 100),
@@ -63,8 +66,8 @@ def _cell(row, key, spec, scale):
 def _legend(result):
     settings, device = result["settings"], result["device"]
     where = [("onnxruntime ({})".format(settings["provider"]), settings.get("bound"))]
-    for key, label in (("copy", "copy"), ("pinned", "pinned"), ("graph", "graph"), ("graph_copy", "graph+copy"),
-                       ("tf", "TF fp32"), ("tf_bf16", "TF bf16"), ("jax", "JAX")):
+    for key, label in (("tuned", "tuned"), ("copy", "copy"), ("pinned", "pinned"), ("graph", "graph"),
+                       ("graph_copy", "graph+copy"), ("tf", "TF fp32"), ("tf_bf16", "TF bf16"), ("jax", "JAX")):
         if settings.get(key):
             where.append((label, settings[key]))
     lines = ["What runs where (images/s = batch / median latency per call):", ""]

@@ -58,7 +58,7 @@ du -sh "$RELEASE"   # keep it under 60 MB
 # shellcheck disable=SC2086
 $PY -m benchmarks.quality $PRESETS
 # shellcheck disable=SC2086
-$PY -m benchmarks.throughput $RUN_DIRS --precision fp32,int8 --max-seconds 0.5 --rounds 3 --out benchmarks/results/
+$PY -m benchmarks.throughput $RUN_DIRS --precision fp32,int8 --max-seconds 0.5 --rounds 3 --tune --out benchmarks/results/
 $PY -m benchmarks.search --runs runs --out benchmarks/results/     # similar-image search, float and binary codes
 $PY -m benchmarks.training_speed --out benchmarks/results/          # training images/s per Keras backend
 $PY -m benchmarks.cards

@@ -28,6 +28,8 @@ STATS = ("runs", "latency_us_p50", "latency_us_p90", "latency_us_p99", "latency_
          "images_per_s")
 #: The baselines a pass times again: (name, the ratio of onnxruntime to it).
 BASELINES = (("tf", "ort_tf_ratio"), ("jax", "ort_jax_ratio"))
+#: What a tuned pass (--tune) chose, kept with the figures of the pass they come from.
+PLAN = ("plan_rows", "plan_workers", "plan_candidates")
 
 
 def _key(row):
@@ -49,8 +51,13 @@ def combine(passes):
         timings = [first] + [p[_key(first)] for p in later if _key(first) in p]
         row = dict(first)
         if len(timings) > 1:
-            row.update({k: v for k, v in _median_pass(timings, "images_per_s").items() if k in STATS})
+            row.update({k: v for k, v in _median_pass(timings, "images_per_s").items() if k in STATS + PLAN})
             row["rounds_images_per_s"] = [t["images_per_s"] for t in timings]
+            have = [t for t in timings if t.get("default_images_per_s")]
+            if len(have) > 1:  # the untuned Runtime's figure (--tune): its own median pass
+                chosen = _median_pass(have, "default_images_per_s")
+                row.update({k: chosen[k] for k in prefixed(dict.fromkeys(STATS), "default") if k in chosen})
+                row["rounds_default_images_per_s"] = [t["default_images_per_s"] for t in have]
             for name, ratio in BASELINES:
                 speed = name + "_images_per_s"
                 have = [t for t in timings if t.get(speed)]

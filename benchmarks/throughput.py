@@ -110,6 +110,10 @@ def build_parser():
                         help="time every point in this many passes over all the models and keep each figure's "
                              "median pass, so that a slow phase of the machine moves no verdict (each extra pass "
                              "is shorter than the first: no copies, bf16 or one-call timings; default %(default)s)")
+    parser.add_argument("--tune", action="store_true",
+                        help="CPU: serve every point with the plan export.runtime's Runtime.tune chooses there "
+                             "(pieces of the file's rows per call, 128 or 32 rows, on one session or on one "
+                             "one-thread session per core); the untuned figure stays beside it (default_*)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true")
@@ -138,7 +142,7 @@ def main(argv=None):
                                runs_dir=args.runs_dir, quiet=args.quiet, command=command,
                                precisions=args.precisions, tf_bf16=args.tf_bf16, jax_baseline=args.jax,
                                cuda_graphs=args.cuda_graphs, repeat_points=not args.no_repeat,
-                               repeat_batch=args.repeat_batch, rounds=args.rounds)
+                               repeat_batch=args.repeat_batch, rounds=args.rounds, tune=args.tune)
         if args.merge:
             result = merge_into(result, args.out)
         files = write_results(result, args.out, plot=not args.no_plot)

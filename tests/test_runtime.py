@@ -259,7 +259,7 @@ def test_mixed_bundle_is_refused(runs, tmp_path):
         _runtime(tmp_path)
 
 
-def test_cli(runs, images, tmp_path, capsys):
+def test_cli(runs, images, tmp_path, capsys, monkeypatch):
     export_dir = str(runs["conv_vae"] / "export")
     np.save(tmp_path / "x.npy", images)
     rt = _runtime(export_dir)
@@ -276,6 +276,15 @@ def test_cli(runs, images, tmp_path, capsys):
     assert runtime.main(["info", export_dir]) == 0
     assert json.loads(capsys.readouterr().out)["latent_dim"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "lv.npy", "r.npy", "x.npy", "z.npy"]
+    # --tune times the plans for this batch first, for the files the command runs; the result is the same.
+    tuned = []
+    real = Runtime.tune
+    monkeypatch.setattr(Runtime, "tune", lambda self, n, roles=None, **kw: tuned.append((n, roles)) or real(
+        self, n, roles, seconds=0.001))
+    assert runtime.main(["reconstruct", export_dir, str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.npy"),
+                         "--tune", "--threads", "2"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), rt.reconstruct(images), atol=1e-6)
+    assert tuned == [(6, ["autoencoder"])]
 
 
 @pytest.mark.parametrize("make, message", [
@@ -519,3 +528,92 @@ def test_vq_vae_indices_from_the_exported_encoder(runs, images, tmp_path):
     rows = {role: runtime.rows_per_call(session) for role, session in rt.sessions.items()}
     assert rows == {"encoder": vq_vae.SEARCH_BLOCK_TOKENS // model.tokens, "decoder": runtime.DEFAULT_BATCH_SIZE,
                     "autoencoder": vq_vae.SEARCH_BLOCK_TOKENS // model.tokens}
+
+
+# --- CPU serving plans (Runtime.tune) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch, rows, threads", [(1, 1024, 2), (8, 1024, 2), (64, 1024, 2), (1024, 1024, 2),
+                                                  (4096, 1024, 2), (4096, 64, 4), (300, 1024, 1)])
+def test_plan_candidates_start_with_the_untuned_plan_and_fit_the_batch(batch, rows, threads):
+    plans = runtime.plan_candidates(batch, rows, threads)
+    assert plans[0] == runtime.Plan(min(rows, batch))  # what an untuned Runtime does
+    assert len(plans) == len(set(plans))
+    for plan in plans:
+        assert 1 <= plan.rows <= min(rows, batch) and plan.workers in (1, threads)
+        if plan.workers > 1:  # every worker gets rows, in whole pieces of at most plan.rows
+            assert batch >= plan.workers and plan.rows <= -(-batch // plan.workers)
+    sizes = {p.rows for p in plans if p.workers == 1}
+    assert sizes == {min(rows, batch)} | {r for r in runtime.TUNE_ROWS if r < min(rows, batch)}
+    assert any(p.workers > 1 for p in plans) == (threads > 1 and batch >= threads)
+    if batch == 1:
+        assert plans == [runtime.Plan(1)]  # nothing to choose
+
+
+@pytest.mark.parametrize("n, workers", [(1, 2), (7, 2), (70, 3), (4096, 2)])
+def test_slices_cover_every_row_once(n, workers):
+    bounds = runtime.slice_bounds(n, workers)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == min(n, workers)
+    assert all(a < b for a, b in bounds) and all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+    assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+def test_tune_chooses_among_the_candidates_and_changes_no_output(runs, images):
+    rt = Runtime(runs["conv_vae"] / "export", providers=["CPUExecutionProvider"], intra_op_threads=2)
+    x = np.random.default_rng(4).uniform(0, 1, (70, 28, 28, 1)).astype(np.float32)
+    z = np.random.default_rng(5).standard_normal((70, rt.latent_dim)).astype(np.float32)
+    want = rt.encode_distribution(x), rt.decode(z), rt.reconstruct(x)
+    report = rt.tune(64, seconds=0.002)
+    names = [str(p) for p in runtime.plan_candidates(64, runtime.DEFAULT_BATCH_SIZE, 2)]
+    assert set(report) == set(rt.sessions)
+    for role, entry in report.items():
+        assert list(entry["candidates"]) == names and all(v > 0 for v in entry["candidates"].values())
+        assert entry["batch_size"] == 64 and runtime.Plan(**entry["plan"]) == rt.plans[role]
+        assert str(rt.plans[role]) in names
+    assert rt.describe()["plans"] == {role: entry["plan"] for role, entry in report.items()}
+    got = rt.encode_distribution(x), rt.decode(z), rt.reconstruct(x)
+    for g, w in zip(got[0], want[0]):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+    np.testing.assert_allclose(got[2], want[2], atol=1e-6)
+    # A batch_size argument still wins over the plan.
+    np.testing.assert_array_equal(rt.decode(z, batch_size=70), rt.decode(z, batch_size=70))
+
+
+def test_a_plan_with_workers_runs_every_slice_on_its_own_session(runs, monkeypatch):
+    """Where tuning picks one-thread workers, each takes its own slice of the rows, in pieces, at the same time,
+    and writes straight into its rows of the result: what the single session gives."""
+    rt = Runtime(runs["dae"] / "export", providers=["CPUExecutionProvider"], intra_op_threads=2)
+    z = np.random.default_rng(6).standard_normal((70, rt.latent_dim)).astype(np.float32)
+    want = rt.decode(z)
+    chosen = runtime.Plan(8, 2)
+    monkeypatch.setattr(runtime, "choose_plan", lambda runs, seconds=0: (chosen, {p: 1.0 for p in runs}))
+    assert rt.tune(64, roles=["decoder"])["decoder"]["plan"] == {"rows": 8, "workers": 2}
+    workers = rt._workers["decoder"]
+    assert len(workers) == 2 and all(w is not rt.sessions["decoder"] for w in workers)
+    calls = {id(w): 0 for w in workers}
+    for w in workers:
+        real = w.run_with_iobinding
+        w.run_with_iobinding = lambda binding, *a, _real=real, _id=id(w): calls.__setitem__(
+            _id, calls[_id] + 1) or _real(binding, *a)
+    monkeypatch.setattr(np, "concatenate", None)  # slices are views of one result, as pieces are
+    got = rt.decode(z)
+    assert list(calls.values()) == [5, 5]  # 35 rows each, in pieces of 8
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    rt.decode(z[:5])  # a batch no larger than a piece: one call on the session itself
+    assert list(calls.values()) == [5, 5]
+    assert "encoder" not in rt.plans  # not tuned: served as before
+
+
+def test_tune_is_refused_where_it_cannot_apply(runs):
+    plain = Runtime(runs["dae"] / "export", providers=["CPUExecutionProvider"], io_binding=False)
+    with pytest.raises(InferenceError, match=r"tune\(\) .* needs device='cpu' and io_binding=True .*io_binding=False"):
+        plain.tune(64)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        _runtime(runs["dae"] / "export").tune(0)
+    with pytest.raises(BundleError, match="has no autoencoder"):
+        Runtime(runs["dae"] / "export" / "encoder.onnx").tune(8, roles=["autoencoder"])
+    # Nothing to choose at batch 1, or on one thread with a batch no larger than the smallest piece.
+    rt = _runtime(runs["dae"] / "export")
+    assert rt.tune(1, seconds=0.001)["encoder"] == {"plan": None, "batch_size": 1, "candidates": {}}
+    assert rt.plans == {}

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks import throughput
+from benchmarks import measure, throughput
 from benchmarks.flops import count_flops
 from benchmarks.sessions import PiecesRun
 from export import runtime
@@ -122,6 +122,7 @@ def test_flops_of_exported_dense_model(export_dir):
 
 CPU_ONLY = ("pinned_", "graph_", "jax_", "ort_jax", "ort_graph_jax")  # columns a CPU run leaves empty
 PIECES_ONLY = ("chunk_rows", "single_")  # columns of a CPU point above runtime.DEFAULT_BATCH_SIZE
+TUNED_ONLY = ("plan_", "default_")  # columns of a --tune run
 
 
 def _with_int8_encoder(export_dir, tmp_path):
@@ -163,9 +164,10 @@ def test_benchmark_writes_every_field(export_dir, tmp_path, monkeypatch):
         assert row["flops_per_image"] == expected_flops[row["part"]]
         pieces = row["batch_size"] > 2
         for key in throughput.CSV_COLUMNS:
-            if not key.startswith(CPU_ONLY) and (pieces or not key.startswith(PIECES_ONLY)):
+            if not key.startswith(CPU_ONLY + TUNED_ONLY) and (pieces or not key.startswith(PIECES_ONLY)):
                 assert row.get(key) is not None, key
-        assert not [k for k in row if k.startswith(CPU_ONLY) or (not pieces and k.startswith(PIECES_ONLY))]
+        assert not [k for k in row if k.startswith(CPU_ONLY + TUNED_ONLY)
+                    or (not pieces and k.startswith(PIECES_ONLY))]
         if pieces:
             assert row["chunk_rows"] == 2 and row["single_images_per_s"] > 0
         assert row["latency_us_p50"] <= row["latency_us_p90"] <= row["latency_us_p99"]
@@ -360,6 +362,10 @@ def test_merge_refuses_other_software():
     runs = [{"peak_gflops_per_s": 430.0}, {"peak_gflops_per_s": 380.0}]
     assert merge.differences(dict(old, runs=runs), dict(old, peak={"gflops_per_s": 400.0})) == []
     assert merge.differences(dict(old, runs=runs), dict(old, peak={"gflops_per_s": 360.0}))
+    # Tuned figures (--tune) and untuned ones are not one table; a result from before --tune was untuned.
+    with pytest.raises(throughput.BenchmarkError, match="settings.tune: False then True"):
+        merge.merge(old, dict(old, settings={"threads": 2, "tune": True}))
+    assert merge.differences(old, dict(old, settings={"threads": 2, "tune": False})) == []
 
 def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--precision", "fp32,bf16", "--no-tf"]
@@ -373,6 +379,51 @@ def test_precision_option_is_checked(export_dir, tmp_path, capsys):
     assert throughput.main([str(export_dir), "--out", str(tmp_path), "--rounds", "0", "--no-tf"] + FAST) == 2
     assert "--rounds must be a positive integer (1 = one pass); got 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_tuned_points_are_served_with_the_runtime_plan_and_keep_the_untuned_figure(export_dir, tmp_path,
+                                                                                    monkeypatch):
+    """--tune: each point's figure is the plan export.runtime's tuning chooses there (candidates timed, chosen,
+    the batch timed again with it), in every pass of --rounds; the untuned Runtime's figure stays (default_*)."""
+    monkeypatch.setattr(runtime, "TUNE_SECONDS", 0.001)
+    chosen = []
+
+    def choose(runs, seconds=0):  # the last candidate: one-thread workers where there are some
+        plan = list(runs)[-1]
+        chosen.append(plan)
+        return plan, {p: float(i + 1) for i, p in enumerate(runs)}
+
+    monkeypatch.setattr(runtime, "choose_plan", choose)
+    out = tmp_path / "results"
+    assert throughput.main([str(export_dir), "--out", str(out), "--threads", "2", "--no-tf", "--no-plot",
+                            "--tune", "--rounds", "2", "--parts", "decoder", "--batch-sizes", "1,6", "--repeats", "3",
+                            "--max-seconds", "0.02", "--warmup-seconds", "0", "--no-repeat", "--peak-sizes", "128",
+                            "--quiet"]) == 0
+    result = json.loads((out / "throughput.json").read_text())
+    assert result["settings"]["tune"] is True and "Runtime.tune" in result["settings"]["tuned"]
+    one, six = result["rows"]
+    assert "plan_rows" not in one and "default_images_per_s" not in one  # batch 1: nothing to choose
+    names = [str(p) for p in runtime.plan_candidates(6, runtime.DEFAULT_BATCH_SIZE, 2)]
+    assert names == ["6 rows a call", "3 rows a call, 2 one-thread workers"]
+    assert list(six["plan_candidates"]) == names and six["plan_candidates"][names[1]] == 2 * 6
+    assert (six["plan_rows"], six["plan_workers"]) == (3, 2)
+    assert chosen == [runtime.Plan(3, 2)] * 2  # chosen again in the second pass
+    assert len(six["rounds_images_per_s"]) == 2 and len(six["rounds_default_images_per_s"]) == 2
+    assert six["default_images_per_s"] > 0 and six["images_per_s"] in six["rounds_images_per_s"]
+    markdown = (out / "throughput.md").read_text()
+    assert "| tuned: rows a call | workers | untuned images/s |" in markdown and "- tuned: --tune (CPU)" in markdown
+    # The plan serves what one call gives.
+    session = throughput.make_session(export_dir / "decoder.onnx", "cpu", threads=2)
+    z = throughput.make_input("latent", (LATENT,), 7, seed=2)
+    tuner = measure._Tuner("cpu", 2, True)
+    plan, speeds, serve = tuner.run(session, export_dir / "decoder.onnx", z, runtime.DEFAULT_BATCH_SIZE)
+    serve()
+    tuner.close()
+    assert plan == runtime.Plan(4, 2) and isinstance(serve, runtime.SlicedRun) and len(speeds) == 2  # 7 rows
+    np.testing.assert_allclose(serve.outputs()[0], session.run(None, {session.get_inputs()[0].name: z})[0],
+                               atol=1e-6)
+    # Only the CPU has plans to choose.
+    assert throughput.main([str(export_dir), "--out", str(tmp_path / "cuda"), "--device", "cuda", "--tune"]) == 2
 
 
 def test_iobinding_matches_a_plain_run_on_cpu(export_dir):
