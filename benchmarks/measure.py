@@ -38,8 +38,8 @@ SETTINGS_TEXT = {
              "export names fewer) runs as the Runtime serves it, in pieces of that many rows (views of the input "
              "and of the outputs, no copies; chunk_rows), with the one-call figure beside it (single_*)",
     "tuned": "--tune (CPU): at each point export.runtime.tune_session, as Runtime.tune does, times every "
-            "candidate plan on the point's first TUNE_MAX_ROWS rows (pieces of the file's rows per call, 128 or 32 "
-            "rows, on the session or on one one-thread session per thread, each over its slice of the batch), "
+            "candidate plan on the point's first TUNE_MAX_ROWS rows (pieces of the file's rows per call, 512, 128 "
+            "or 32 rows, on the session or on one one-thread session per thread, each over its slice of the batch), "
             "keeps the fastest (plan_rows, plan_workers; every candidate's figure in plan_candidates) and times it "
             "on the whole batch for the row's figures; the untuned Runtime's are default_*",
     "copy": "InferenceSession.run with numpy inputs and outputs: host-device copies (pageable memory) and output "

@@ -112,7 +112,7 @@ def build_parser():
                              "is shorter than the first: no copies, bf16 or one-call timings; default %(default)s)")
     parser.add_argument("--tune", action="store_true",
                         help="CPU: serve every point with the plan export.runtime's Runtime.tune chooses there "
-                             "(pieces of the file's rows per call, 128 or 32 rows, on one session or on one "
+                             "(pieces of the file's rows per call, 512, 128 or 32 rows, on one session or on one "
                              "one-thread session per core); the untuned figure stays beside it (default_*)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")

@@ -397,8 +397,10 @@ def bind_pieces(session, x, rows, outputs):
 
 #: Piece sizes Runtime.tune tries besides the file's rows_per_call. On a 2-core AMD EPYC (Zen 4, 1 MB of L2 a
 #: core), conv_ae_fashion_mnist's float32 decoder ran 1,983 images/s as one call of 1024 rows and 2,265 in pieces
-#: of 32, whose 28x28x48 activations (150 KB an image) stay in the caches; its encoder was fastest in one call.
-TUNE_ROWS = (32, 128)
+#: of 32, whose 28x28x48 activations (150 KB an image) stay in the caches; its encoder was fastest in one call;
+#: the one-layer int8 decoders at batch 4096 were fastest on two one-thread workers in pieces of 512 (ae 3.48M
+#: images/s, against 3.15M in pieces of 1024 and 2.75M on one two-thread session).
+TUNE_ROWS = (32, 128, 512)
 #: Rows Runtime.tune times each candidate on at most: no plan's piece is larger, and a batch of 4096 would cost
 #: four times as long to rank the candidates the same way.
 TUNE_MAX_ROWS = 1024
@@ -778,7 +780,7 @@ class Runtime:
     def tune(self, batch_size, roles=None, seconds=TUNE_SECONDS):
         """Choose, for each role (default: every file), the CPU plan that serves a batch of `batch_size` fastest on
         this machine, and use it from now on for every call that passes no `batch_size`. The candidates
-        (plan_candidates) are pieces of the file's rows_per_call, 128 and 32 rows, on one session or on one
+        (plan_candidates) are pieces of the file's rows_per_call, 512, 128 and 32 rows, on one session or on one
         one-thread session per core (Plan), each timed on synthetic inputs of min(batch_size, TUNE_MAX_ROWS)
         rows for about 3 x `seconds`. Returns {role: {"plan": {...}, "candidates": {plan: images/s}}}.
 
