@@ -64,7 +64,8 @@ def build_parser():
             "--all --parts encoder,decoder --precision fp32,int8 --max-seconds 0.5",
             "deep_ae_fashion_mnist --device cuda --precision fp32,fp16   # the bundled release, on a GPU",
             "runs/*_fashion_mnist --batch-sizes 1,8,64,256,1024,4096 --out benchmarks/results/",
-            "runs/*_fashion_mnist --precision fp32,int8 --rounds 3   # each figure the median of 3 passes"])
+            "runs/*_fashion_mnist --precision fp32,int8 --rounds 3   # each figure the median of 3 passes",
+            "runs/*_fashion_mnist --precision fp32,int8 --rounds 3 --tune   # served as Runtime.tune chooses"])
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="export dirs, run dirs (with export/), release bundles, or preset names "
                              "(runs/<preset>/export/, else the bundled release)")
