@@ -541,7 +541,8 @@ class Runtime:
     may use (default: onnxruntime's, all cores).
 
     Every call runs through an IOBinding, `batch_size` rows at a time (default: the file's rows_per_call, which is
-    DEFAULT_BATCH_SIZE unless its export names fewer, as a VQ-VAE encoder's does). On the CPU
+    DEFAULT_BATCH_SIZE unless its export names fewer, as a VQ-VAE encoder's does; after `tune`, the plan it
+    chose, which may also split the batch over one-thread sessions). On the CPU
     each piece reads a view of the input and writes into its rows of the result: no copies. On CUDA the inputs
     are first copied into page-locked host buffers (`pinned_memory`, when the CUDA runtime library is found) so
     that the copy to the GPU is one DMA transfer, and the outputs come back with copy_outputs_to_cpu. A Runtime
