@@ -205,11 +205,12 @@ class _Tuner:
 
     def run(self, session, file, x, piece):
         """(plan, {plan: images/s}, the callable that serves `x` with the plan) after choosing the plan on the
-        first TUNE_MAX_ROWS rows; (None, {}, None) where there is nothing to choose."""
+        first TUNE_MAX_ROWS rows; (None, {}, None) where there is nothing to choose, and no callable where the
+        plan is the untuned one (the first candidate), which the point has timed already."""
         plan, speeds = runtime.tune_session(session, x[:runtime.TUNE_MAX_ROWS], piece, self.threads,
                                             lambda k: self.workers(file, k), self.pool, batch_size=len(x))
-        if plan is None:
-            return None, {}, None
+        if plan is None or plan == next(iter(speeds)):
+            return plan, speeds, None
         if plan.workers > 1 and len(x) > plan.rows:
             outputs = runtime.output_buffers(session, len(x))
             serve = runtime.SlicedRun(self.workers(file, plan.workers), x, plan.rows, outputs, self.pool(0))
@@ -276,9 +277,9 @@ def _bench_part(model, part, device, threads, batch_sizes, timing, seed, files, 
                 # The untuned Runtime's figure moves to default_*; the tuned plan's becomes the row's own.
                 row.update(prefixed(served, "default"), plan_rows=plan.rows, plan_workers=plan.workers,
                            plan_candidates={str(p): v for p, v in speeds.items()})
-                if plan != runtime.plan_candidates(batch_size, piece, threads)[0]:
+                if serve is not None:
                     row.update(timing.stats(serve, batch_size))
-                del serve
+                    del serve
             output_shapes = bound.output_shapes()
             if precision == "fp32" and jax is not None and model.keras_source and "jax_parity" not in info[precision]:
                 got = bound.outputs()

@@ -486,8 +486,8 @@ class SlicedRun:
 
 
 def tune_session(session, x, file_rows, threads, workers, executor, seconds=TUNE_SECONDS, batch_size=None):
-    """(the fastest Plan, {Plan: images/s}) for serving batches of `batch_size` (default len(x)) with `session`,
-    timed on `x` (plan_candidates, choose_plan); (None, {}) where there is one candidate or an output has no
+    """(the fastest Plan, {Plan: images/s} in plan_candidates' order, the untuned plan first) for serving batches
+    of `batch_size` (default len(x)) with `session`, timed on `x` (plan_candidates, choose_plan); (None, {}) where there is one candidate or an output has no
     static per-example shape. `workers(k)` gives k one-thread sessions of the same file, `executor(k)` a
     ThreadPoolExecutor with at least k - 1 threads."""
     batch_size = int(batch_size or len(x))
