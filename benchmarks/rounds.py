@@ -53,12 +53,8 @@ def combine(passes):
         if len(timings) > 1:
             row.update({k: v for k, v in _median_pass(timings, "images_per_s").items() if k in STATS + PLAN})
             row["rounds_images_per_s"] = [t["images_per_s"] for t in timings]
-            have = [t for t in timings if t.get("default_images_per_s")]
-            if len(have) > 1:  # the untuned Runtime's figure (--tune): its own median pass
-                chosen = _median_pass(have, "default_images_per_s")
-                row.update({k: chosen[k] for k in prefixed(dict.fromkeys(STATS), "default") if k in chosen})
-                row["rounds_default_images_per_s"] = [t["default_images_per_s"] for t in have]
-            for name, ratio in BASELINES:
+            # The baselines, and the untuned Runtime's figure of a --tune run (no ratio): each its own median pass.
+            for name, ratio in BASELINES + (("default", None),):
                 speed = name + "_images_per_s"
                 have = [t for t in timings if t.get(speed)]
                 if not have:
@@ -66,7 +62,7 @@ def combine(passes):
                 chosen = _median_pass(have, speed)
                 row.update({k: chosen[k] for k in prefixed(dict.fromkeys(STATS), name) if k in chosen})
                 row["rounds_" + speed] = [t[speed] for t in have]
-                if len(have) == len(timings):
+                if ratio and len(have) == len(timings):
                     row["rounds_" + ratio] = [t["images_per_s"] / t[speed] for t in timings]
             _ratios(row)
         combined.append(row)

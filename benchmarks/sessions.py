@@ -133,8 +133,7 @@ class PiecesRun:
         self._bindings = runtime.bind_pieces(session, self._x, self.rows, self._outputs)
 
     def __call__(self):
-        for binding in self._bindings:
-            self.session.run_with_iobinding(binding)
+        runtime.run_bindings(self.session, self._bindings)
 
     def outputs(self):
         return [np.array(o) for o in self._outputs]

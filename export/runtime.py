@@ -4,6 +4,7 @@ to copy to a device). Shapes and normalization come from the ONNX metadata: `Run
 
 import argparse
 import ctypes
+import functools
 import json
 import math
 import os
@@ -378,6 +379,12 @@ def output_buffers(session, rows):
     return buffers
 
 
+def run_bindings(session, bindings):
+    """Run `session` on each IOBinding in turn (the pieces bind_pieces made)."""
+    for binding in bindings:
+        session.run_with_iobinding(binding)
+
+
 def bind_pieces(session, x, rows, outputs):
     """One CPU IOBinding per piece of `rows` rows: the piece's input is a view of `x` and its outputs are views of
     `outputs` (numpy, C-contiguous, batch first), so running the bindings in turn fills `outputs` with no copy."""
@@ -467,15 +474,10 @@ class SlicedRun:
         self.work = [(session, bind_pieces(session, x[a:b], rows, [o[a:b] for o in outputs]))
                      for session, (a, b) in zip(sessions, slice_bounds(len(x), len(sessions)))]
 
-    @staticmethod
-    def _run(session, bindings):
-        for binding in bindings:
-            session.run_with_iobinding(binding)
-
     def __call__(self):
-        others = [self.executor.submit(self._run, *w) for w in self.work[1:]]
+        others = [self.executor.submit(run_bindings, *w) for w in self.work[1:]]
         try:
-            self._run(*self.work[0])
+            run_bindings(*self.work[0])
         finally:
             for future in others:
                 future.result()
@@ -499,7 +501,7 @@ def tune_session(session, x, file_rows, threads, workers, executor, seconds=TUNE
     for plan in candidates:
         if plan.workers == 1:
             bindings = bind_pieces(session, x, plan.rows, outputs)
-            runs[plan] = lambda b=bindings: [session.run_with_iobinding(i) for i in b]
+            runs[plan] = functools.partial(run_bindings, session, bindings)
         else:
             runs[plan] = SlicedRun(workers(plan.workers), x, plan.rows, outputs, executor(plan.workers))
     best, speeds = choose_plan(runs, seconds)
@@ -750,8 +752,7 @@ class Runtime:
                 if plan and plan.workers > 1 and len(x) > batch_size:
                     SlicedRun(self._workers[role], x, batch_size, outputs, self._executor)()
                     return outputs
-                for binding in bind_pieces(session, x, batch_size, outputs):
-                    session.run_with_iobinding(binding)
+                run_bindings(session, bind_pieces(session, x, batch_size, outputs))
                 return outputs
         run = self._run_bound if self.io_binding else self._run_plain
         chunks = [run(role, session, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
