@@ -286,7 +286,7 @@ def _bench_part(model, part, device, threads, batch_sizes, timing, seed, files, 
                 try:
                     want = jax.outputs(model, part, batch_size, seed)
                     info[precision]["jax_parity"] = {"batch_size": int(batch_size), "max_abs_diff": float(max(
-                        np.max(np.abs(g - w)) for g, w in zip(got, want)))}
+                        np.max(np.abs(g.reshape(np.shape(w)) - w)) for g, w in zip(got, want)))}
                 except RequestError as exc:
                     info[precision]["jax_parity"] = {"error": _first_line(exc)}
             del bound

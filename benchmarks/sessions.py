@@ -45,8 +45,10 @@ def provider_names(device):
 
 
 def make_session(model, device, threads, spin=True, cuda_graph=False):
-    """An InferenceSession with ORT_ENABLE_ALL, explicit providers and threads; the provider must be active."""
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    """An InferenceSession with ORT_ENABLE_ALL, explicit providers and threads; the provider must be active. A file
+    is loaded as export.runtime's Runtime serves it (runtime.serving_model: an output made by a trailing Reshape
+    comes out flat, the same rows)."""
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else runtime.serving_model(model)[0]
     what = "the MatMul model" if isinstance(model, onnx.ModelProto) else model
     try:
         session = ort.InferenceSession(source, session_options(threads, spin),

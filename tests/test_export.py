@@ -92,6 +92,27 @@ def test_export_every_family_to_both_formats_with_parity(family, exports):
             if node.op_type == "ConvTranspose":  # onnxruntime's CUDA provider needs symmetric pads
                 pads = next(list(a.ints) for a in node.attribute if a.name == "pads")
                 assert pads[:len(pads) // 2] == pads[len(pads) // 2:], node.name
+    _runtime_gives_what_the_files_give(out)
+
+
+def _runtime_gives_what_the_files_give(out):
+    """The Runtime (which serves an output made by a trailing Reshape flat) gives each file's own outputs, in the
+    shapes the file declares."""
+    import onnxruntime as ort
+
+    rt = runtime.Runtime(out, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    x = np.random.default_rng(0).uniform(0, 1, (5, 28, 28, 1)).astype("float32")
+    z = rt.encode(x)
+    for role, given, got in (("encoder", x, rt._run("encoder", "encode", x, None)),
+                             ("decoder", z, [rt.decode(z)]), ("autoencoder", x, [rt.reconstruct(x)])):
+        session = ort.InferenceSession(str(out / (role + ".onnx")), providers=["CPUExecutionProvider"])
+        want = session.run(None, {session.get_inputs()[0].name: given})
+        assert len(got) == len(want), role
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype, role
+            np.testing.assert_allclose(g, w, atol=1e-6, err_msg=role)
+    # Every dense or conv decoder ends in a Reshape to the image shape here; it is served flat.
+    assert rt.describe()["flat_outputs"]["decoder"] == {"reconstruction": [28, 28, 1]}
 
 
 def test_savedmodel_endpoints_load_with_plain_tensorflow(exports, base, tmp_path):

@@ -617,3 +617,54 @@ def test_tune_is_refused_where_it_cannot_apply(runs):
     rt = _runtime(runs["dae"] / "export")
     assert rt.tune(1, seconds=0.001)["encoder"] == {"plan": None, "batch_size": 1, "candidates": {}}
     assert rt.plans == {}
+
+
+def _reshape_model(path, shape, out_dims, also=None):
+    """z (n, 3) -> MatMul -> (n, 16) -> Reshape(shape) -> image out_dims; `also`: "output" makes the MatMul's
+    result a second graph output, "reader" gives it a second reader."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["z", "w"], ["logits"]), helper.make_node("Reshape", ["logits", "shape"],
+                                                                                  ["image"])]
+    outputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, out_dims)]
+    if also == "output":
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 16]))
+    elif also == "reader":
+        nodes.append(helper.make_node("ReduceMean", ["logits"], ["mean"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["n"]))
+    init = [numpy_helper.from_array(np.arange(48, dtype="float32").reshape(3, 16) / 40 - 0.5, "w"),
+            numpy_helper.from_array(np.array(shape, dtype="int64"), "shape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])],
+                              outputs, init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_output_made_by_a_trailing_reshape_is_served_flat(tmp_path, monkeypatch):
+    """serving_model drops a Reshape that makes a graph output from rows of the same size (onnxruntime would copy
+    every value into the output): the output keeps its name and its values, and comes out flat."""
+    import onnxruntime as ort
+
+    z = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+
+    def run(source):
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"z": z})
+
+    path = _reshape_model(tmp_path / "flat.onnx", [-1, 4, 4, 1], ["n", 4, 4, 1])
+    source, flat = runtime.serving_model(path)
+    assert isinstance(source, bytes) and flat == {"image": (4, 4, 1)}
+    served = onnx.load_from_string(source)
+    onnx.checker.check_model(served)
+    assert [n.op_type for n in served.graph.node] == ["MatMul"]
+    assert [o.name for o in served.graph.output] == ["image"] and [t.name for t in served.graph.initializer] == ["w"]
+    got, want = run(source)[0], run(str(path))[0]
+    assert got.shape == (6, 16) and want.shape == (6, 4, 4, 1)
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    # Left as they are: a Reshape that regroups rows, one whose input is also an output or read by another node.
+    for name, shape, dims, also in (("rows", [-1, 32], ["m", 32], None), ("output", [-1, 4, 4, 1], ["n", 4, 4, 1],
+                                    "output"), ("reader", [-1, 4, 4, 1], ["n", 4, 4, 1], "reader")):
+        path = _reshape_model(tmp_path / (name + ".onnx"), shape, dims, also)
+        assert runtime.serving_model(path) == (str(path), {}), name
+    # Without onnx (runtime.py copied alone next to onnxruntime) every file runs as it is.
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert runtime.serving_model(tmp_path / "flat.onnx") == (str(tmp_path / "flat.onnx"), {})
