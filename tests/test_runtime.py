@@ -36,7 +36,8 @@ def _runtime(path):
 
 
 def test_runtime_works_where_tensorflow_cannot_be_imported(runs, images, tmp_path):
-    """A subprocess where importing tensorflow, keras, tf2onnx or zoo raises: the runtime still runs."""
+    """A subprocess where importing tensorflow, keras, tf2onnx, onnx or zoo raises: the runtime still runs, and
+    still serves the decoders' outputs flat (serving_model reads the protobuf itself)."""
     import keras
 
     expected = {}
@@ -57,7 +58,7 @@ def test_runtime_works_where_tensorflow_cannot_be_imported(runs, images, tmp_pat
 
     script = textwrap.dedent("""
         import json, sys
-        BLOCKED = ("tensorflow", "keras", "tf2onnx", "zoo", "tensorflow_datasets", "tf_keras")
+        BLOCKED = ("tensorflow", "keras", "tf2onnx", "onnx", "zoo", "tensorflow_datasets", "tf_keras")
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCKED:
@@ -75,6 +76,7 @@ def test_runtime_works_where_tensorflow_cannot_be_imported(runs, images, tmp_pat
         images = np.load(images_path)
         for family, run in runs.items():
             model = rt.Runtime(run + "/export", providers=["CPUExecutionProvider"], intra_op_threads=1)
+            assert model.describe()["flat_outputs"]["decoder"] == {"reconstruction": [28, 28, 1]}
             z = model.encode(images)
             result = {"encode": z, "decode": model.decode(z), "reconstruct": model.reconstruct(images)}
             if model.variational:
@@ -619,9 +621,10 @@ def test_tune_is_refused_where_it_cannot_apply(runs):
     assert rt.plans == {}
 
 
-def _reshape_model(path, shape, out_dims, also=None):
+def _reshape_model(path, shape, out_dims, also=None, infer=True):
     """z (n, 3) -> MatMul -> (n, 16) -> Reshape(shape) -> image out_dims; `also`: "output" makes the MatMul's
-    result a second graph output, "reader" gives it a second reader."""
+    result a second graph output, "reader" gives it a second reader; `infer`: record the shapes of inner
+    tensors (value_info), as every aezoo export does."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("MatMul", ["z", "w"], ["logits"]), helper.make_node("Reshape", ["logits", "shape"],
@@ -636,14 +639,17 @@ def _reshape_model(path, shape, out_dims, also=None):
             numpy_helper.from_array(np.array(shape, dtype="int64"), "shape")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3])],
                               outputs, init)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(onnx.shape_inference.infer_shapes(model) if infer else model, str(path))
     return path
 
 
 def test_an_output_made_by_a_trailing_reshape_is_served_flat(tmp_path, monkeypatch):
     """serving_model drops a Reshape that makes a graph output from rows of the same size (onnxruntime would copy
-    every value into the output): the output keeps its name and its values, and comes out flat."""
+    every value into the output): the output keeps its name and its values, and comes out flat. It edits the
+    protobuf itself, so it works where onnx is not installed."""
     import onnxruntime as ort
+
 
     z = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
 
@@ -651,7 +657,9 @@ def test_an_output_made_by_a_trailing_reshape_is_served_flat(tmp_path, monkeypat
         return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"z": z})
 
     path = _reshape_model(tmp_path / "flat.onnx", [-1, 4, 4, 1], ["n", 4, 4, 1])
-    source, flat = runtime.serving_model(path)
+    with monkeypatch.context() as blocked:
+        blocked.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+        source, flat = runtime.serving_model(path)
     assert isinstance(source, bytes) and flat == {"image": (4, 4, 1)}
     served = onnx.load_from_string(source)
     onnx.checker.check_model(served)
@@ -660,11 +668,13 @@ def test_an_output_made_by_a_trailing_reshape_is_served_flat(tmp_path, monkeypat
     got, want = run(source)[0], run(str(path))[0]
     assert got.shape == (6, 16) and want.shape == (6, 4, 4, 1)
     np.testing.assert_array_equal(got.reshape(want.shape), want)
-    # Left as they are: a Reshape that regroups rows, one whose input is also an output or read by another node.
-    for name, shape, dims, also in (("rows", [-1, 32], ["m", 32], None), ("output", [-1, 4, 4, 1], ["n", 4, 4, 1],
-                                    "output"), ("reader", [-1, 4, 4, 1], ["n", 4, 4, 1], "reader")):
-        path = _reshape_model(tmp_path / (name + ".onnx"), shape, dims, also)
+    # Left as they are: a Reshape that regroups rows, one whose input is also an output or read by another node,
+    # one whose input's shape the file does not record; and a file that is not ONNX.
+    for name, shape, dims, also, infer in (("rows", [-1, 32], ["m", 32], None, True),
+                                           ("output", [-1, 4, 4, 1], ["n", 4, 4, 1], "output", True),
+                                           ("reader", [-1, 4, 4, 1], ["n", 4, 4, 1], "reader", True),
+                                           ("unrecorded", [-1, 4, 4, 1], ["n", 4, 4, 1], None, False)):
+        path = _reshape_model(tmp_path / (name + ".onnx"), shape, dims, also, infer)
         assert runtime.serving_model(path) == (str(path), {}), name
-    # Without onnx (runtime.py copied alone next to onnxruntime) every file runs as it is.
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    assert runtime.serving_model(tmp_path / "flat.onnx") == (str(tmp_path / "flat.onnx"), {})
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 7)
+    assert runtime.serving_model(tmp_path / "junk.onnx") == (str(tmp_path / "junk.onnx"), {})
