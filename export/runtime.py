@@ -226,6 +226,27 @@ def _tensor_type(value_info):
     return None, None
 
 
+def _edit(message, number, change):
+    """`message` with the payload of each field `number` replaced by change(payload)."""
+    return b"".join(_field(n, change(v)) if n == number else raw for n, v, raw in _fields(message))
+
+
+def _dims(value_info):
+    """The encoded dim fields of a ValueInfoProto's tensor shape."""
+    dims = []
+    _edit(value_info, _VALUE_TYPE, lambda t: _edit(t, _TYPE_TENSOR, lambda x: _edit(
+        x, _TENSOR_SHAPE, lambda shape: dims.extend(raw for n, _, raw in _fields(shape) if n == _SHAPE_DIM) or b"")))
+    return dims
+
+
+def _with_dims(value_info, dims):
+    """A ValueInfoProto whose tensor shape has the encoded dim fields `dims` instead of its own."""
+    def shape(old):
+        kept = [raw for n, _, raw in _fields(old) if n != _SHAPE_DIM]
+        return b"".join(dims) + b"".join(kept)
+    return _edit(value_info, _VALUE_TYPE, lambda t: _edit(t, _TYPE_TENSOR, lambda x: _edit(x, _TENSOR_SHAPE, shape)))
+
+
 def flat_output_model(data):
     """`data` (a serialized ONNX model) with each graph output that a trailing Reshape makes served flat, and
     {output name: the per-example shape it declares}; (data, {}) where none can be.
@@ -273,9 +294,8 @@ def flat_output_model(data):
         replaced[at] = _field(_GRAPH_NODE, b"".join(
             _field(_NODE_OUTPUT, out.encode()) if n == _NODE_OUTPUT and v == source.encode() else raw
             for n, v, raw in _fields(graph[at][1])))
-        # The output keeps its name and gets the Reshape input's type and shape.
-        replaced[out_at] = _field(_GRAPH_OUTPUT, b"".join(
-            _field(_VALUE_NAME, out.encode()) if n == _VALUE_NAME else raw for n, v, raw in _fields(info)))
+        # The output keeps its name, type and batch axis, with the per-example dims of the Reshape's input.
+        replaced[out_at] = _field(_GRAPH_OUTPUT, _with_dims(out_info, _dims(out_info)[:1] + _dims(info)[1:]))
         dropped.update({i, info_at, initializers[shape]})
         flat[out] = declared
     if not flat:
