@@ -184,46 +184,28 @@ def _strings(fields, number):
     return [bytes(v).decode() for n, v, _ in fields if n == number]
 
 
-def _name(message, number):
-    """The first string field `number` of a message: a name, read without parsing the fields after it."""
-    i = 0
-    while i < len(message):
-        key, i = _varint(message, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(message, i)
-            continue
-        if wire in (1, 5):
-            i += 8 if wire == 1 else 4
-            continue
-        if wire != 2:
-            raise ValueError("unsupported protobuf wire type {}".format(wire))
-        size, i = _varint(message, i)
-        if key >> 3 == number:
-            return bytes(message[i:i + size]).decode()
-        i += size
-    return ""
+def _payload(message, *numbers):
+    """The payload of the first field numbers[0] of `message`, then of its first field numbers[1], and so on;
+    None where one is missing."""
+    for number in numbers:
+        message = next((v for n, v, _ in _fields(message) if n == number), None)
+        if message is None:
+            return None
+    return message
+
+
+def _dims(value_info):
+    """[(payload, encoded field)] of each dim of a ValueInfoProto's tensor shape."""
+    shape = _payload(value_info, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_SHAPE)
+    return [] if shape is None else [(v, raw) for n, v, raw in _fields(shape) if n == _SHAPE_DIM]
 
 
 def _tensor_type(value_info):
     """(element type, per-example dims or None where one is not a static number) of a ValueInfoProto."""
-    for n, type_proto, _ in _fields(value_info):
-        if n != _VALUE_TYPE:
-            continue
-        for m, tensor, _ in _fields(type_proto):
-            if m != _TYPE_TENSOR:
-                continue
-            elem, dims = None, []
-            for k, v, _ in _fields(tensor):
-                if k == _TENSOR_ELEM_TYPE:
-                    elem = v
-                elif k == _TENSOR_SHAPE:
-                    for d, dim, _ in _fields(v):
-                        if d == _SHAPE_DIM:
-                            dims.append(next((x for j, x, _ in _fields(dim) if j == _DIM_VALUE), None))
-            static = len(dims) >= 2 and all(isinstance(d, int) and d > 0 for d in dims[1:])
-            return elem, tuple(dims[1:]) if static else None
-    return None, None
+    dims = [_payload(dim, _DIM_VALUE) for dim, _ in _dims(value_info)]
+    elem = _payload(value_info, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_ELEM_TYPE)
+    static = len(dims) >= 2 and all(isinstance(d, int) and d > 0 for d in dims[1:])
+    return elem, tuple(dims[1:]) if static else None
 
 
 def _edit(message, number, change):
@@ -231,19 +213,10 @@ def _edit(message, number, change):
     return b"".join(_field(n, change(v)) if n == number else raw for n, v, raw in _fields(message))
 
 
-def _dims(value_info):
-    """The encoded dim fields of a ValueInfoProto's tensor shape."""
-    dims = []
-    _edit(value_info, _VALUE_TYPE, lambda t: _edit(t, _TYPE_TENSOR, lambda x: _edit(
-        x, _TENSOR_SHAPE, lambda shape: dims.extend(raw for n, _, raw in _fields(shape) if n == _SHAPE_DIM) or b"")))
-    return dims
-
-
 def _with_dims(value_info, dims):
     """A ValueInfoProto whose tensor shape has the encoded dim fields `dims` instead of its own."""
     def shape(old):
-        kept = [raw for n, _, raw in _fields(old) if n != _SHAPE_DIM]
-        return b"".join(dims) + b"".join(kept)
+        return b"".join(dims) + b"".join(raw for n, _, raw in _fields(old) if n != _SHAPE_DIM)
     return _edit(value_info, _VALUE_TYPE, lambda t: _edit(t, _TYPE_TENSOR, lambda x: _edit(x, _TENSOR_SHAPE, shape)))
 
 
@@ -262,22 +235,21 @@ def flat_output_model(data):
     if len(graphs) != 1:
         return data, {}
     graph = _fields(graphs[0])
-    nodes = [(i, _fields(v)) for i, (n, v, _) in enumerate(graph) if n == _GRAPH_NODE]
-    named = {(n, _name(v, _VALUE_NAME)): (i, v) for i, (n, v, _) in enumerate(graph)
+    first = lambda message, number: next(iter(_strings(_fields(message), number)), "")
+    named = {(n, first(v, _VALUE_NAME)): (i, v) for i, (n, v, _) in enumerate(graph)
              if n in (_GRAPH_INPUT, _GRAPH_OUTPUT, _GRAPH_VALUE_INFO)}
-    initializers = {_name(v, _INITIALIZER_NAME): i for i, (n, v, _) in enumerate(graph) if n == _GRAPH_INITIALIZER}
-    outputs = {name for kind, name in named if kind == _GRAPH_OUTPUT}
+    initializers = {first(v, _INITIALIZER_NAME): i for i, (n, v, _) in enumerate(graph) if n == _GRAPH_INITIALIZER}
+    outputs = {tensor for kind, tensor in named if kind == _GRAPH_OUTPUT}
+    nodes = [(i, _fields(v)) for i, (n, v, _) in enumerate(graph) if n == _GRAPH_NODE]
+    nodes = [(i, _strings(f, _NODE_OP_TYPE), _strings(f, _NODE_DOMAIN), _strings(f, _NODE_INPUT),
+              _strings(f, _NODE_OUTPUT)) for i, f in nodes]
     reads, producer = {}, {}
-    for i, fields in nodes:
-        for name in _strings(fields, _NODE_INPUT):
-            reads[name] = reads.get(name, 0) + 1
-        for name in _strings(fields, _NODE_OUTPUT):
-            producer[name] = i
+    for i, _, _, ins, outs in nodes:
+        for tensor in ins:
+            reads[tensor] = reads.get(tensor, 0) + 1
+        producer.update((tensor, i) for tensor in outs)
     replaced, dropped, flat = {}, set(), {}
-    for i, fields in nodes:
-        op = _strings(fields, _NODE_OP_TYPE)
-        domain = _strings(fields, _NODE_DOMAIN)
-        ins, outs = _strings(fields, _NODE_INPUT), _strings(fields, _NODE_OUTPUT)
+    for i, op, domain, ins, outs in nodes:
         if op != ["Reshape"] or domain not in ([], [""], ["ai.onnx"]) or len(ins) != 2 or len(outs) != 1:
             continue
         (source, shape), out = ins, outs[0]
@@ -295,7 +267,8 @@ def flat_output_model(data):
             _field(_NODE_OUTPUT, out.encode()) if n == _NODE_OUTPUT and v == source.encode() else raw
             for n, v, raw in _fields(graph[at][1])))
         # The output keeps its name, type and batch axis, with the per-example dims of the Reshape's input.
-        replaced[out_at] = _field(_GRAPH_OUTPUT, _with_dims(out_info, _dims(out_info)[:1] + _dims(info)[1:]))
+        dims = [raw for _, raw in _dims(out_info)[:1] + _dims(info)[1:]]
+        replaced[out_at] = _field(_GRAPH_OUTPUT, _with_dims(out_info, dims))
         dropped.update({i, info_at, initializers[shape]})
         flat[out] = declared
     if not flat:
