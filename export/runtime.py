@@ -660,9 +660,9 @@ class SlicedRun:
 
 def tune_session(session, x, file_rows, threads, workers, executor, seconds=TUNE_SECONDS, batch_size=None):
     """(the fastest Plan, {Plan: images/s} in plan_candidates' order, the untuned plan first) for serving batches
-    of `batch_size` (default len(x)) with `session`, timed on `x` (plan_candidates, choose_plan); (None, {}) where there is one candidate or an output has no
-    static per-example shape. `workers(k)` gives k one-thread sessions of the same file, `executor(k)` a
-    ThreadPoolExecutor with at least k - 1 threads."""
+    of `batch_size` (default len(x)) with `session`, timed on `x` (plan_candidates, choose_plan); (None, {}) where
+    there is one candidate or an output has no static per-example shape. `workers(k)` gives k one-thread sessions
+    of the same file, `executor(k)` a ThreadPoolExecutor with at least k - 1 threads."""
     batch_size = int(batch_size or len(x))
     outputs = output_buffers(session, len(x))
     candidates = plan_candidates(batch_size, file_rows, threads)
