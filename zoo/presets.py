@@ -70,7 +70,7 @@ _RECIPES = {
     # With dense_units=[512]: 4.74 and 0.836, the gap grew to 0.85. Short proxy (first 20,000 training images,
     # 8 epochs): 9.44 as it is, 7.62 with convs_per_stage=2, residual=true (870k parameters, 1.56x the proxy's
     # time). That in full (40 epochs, seed 1337, 176 s an epoch on the 2-core CPU): 4.56 (0.37x PCA-30) against
-    # 4.75, the train loss 3.76 against the validation's 4.55 at the end; precision@10 0.840 (0.839), 550-label
+    # 4.75, the train loss 3.65 against the validation's 4.55 at the end; precision@10 0.840 (0.839), 550-label
     # probe 0.791 (0.789). Its validation loss flattens from epoch 28 while the train loss still falls, but neither
     # regularizer tried helps on a proxy of it (first 10,000 training images, 20 epochs, seed 1337; test error 7.06):
     # augment=hflip 7.41, optimizer=adamw with weight_decay=0.05 7.09.
