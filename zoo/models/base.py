@@ -137,9 +137,7 @@ class Autoencoder(keras.Model):
         inputs = keras.Input(shape=input_shape, name="image")
         x = corruption(inputs) if corruption is not None else inputs
         code = encoder(x)
-        # A family that overrides `regularizers` but names no term for this instance (conv_ae without its
-        # contrastive option) keeps the plain graph, so its saved files and exports stay as they were.
-        if type(self).regularizers is not Autoencoder.regularizers and self.regularizer_terms:
+        if type(self).regularizers is not Autoencoder.regularizers:
             terms = _RegularizerTerms(lambda x, c, training: self.regularizers(x, c, training), name="regularizers")
             code = terms([inputs, code])
         outputs = decoder(_decoder_input(code, sampler, self.encoder_outputs))
