@@ -78,13 +78,13 @@ _RECIPES = {
     # shirt 0.60; the other six 0.91-0.97), mostly confused with each other, as in raw pixels. Cosine instead of
     # Euclidean distance lifts it only to 0.848; training the encoder on images shifted by up to 2 pixels towards
     # the unshifted image (proxy: 20,000 images, 8 epochs) lowered it, 0.769 against 0.786.
+    # Not the recipe until seeds 1 and 2 confirm it and conv_dae follows (a GPU job:
+    # SET="convs_per_stage=2 residual=true" EXP=res2 SEEDS="1 2" bash benchmarks/gpu_train.sh conv_ae_fashion_mnist).
     # An InfoNCE term (SimCLR's NT-Xent, temperature 0.2) between each image's code and that of a copy shifted by up
     # to 10% and mirrored half the time, added to the squared error (tried, then removed: commits 69eb935 and
     # 527f2d7), helps only short runs. First 20,000 images, weight 5: 8 epochs 7.78 and P@10 0.807 against 9.54 and
     # 0.789; 20 epochs 6.58 and 0.816 against 6.83 and 0.814 (weight 20: 8.03 and 0.810). In full (weight 5, 40
     # epochs, seed 1337): 5.24 and 0.829 against 4.75 and 0.839, worse on both.
-    # Not the recipe until seeds 1 and 2 confirm it and conv_dae follows (a GPU job:
-    # SET="convs_per_stage=2 residual=true" EXP=res2 SEEDS="1 2" bash benchmarks/gpu_train.sh conv_ae_fashion_mnist).
     "conv_ae": dict(description="2-stage strided conv encoder ({filters} filters), transposed-conv decoder, "
                                 "{latent_dim}-d code",
                     model_config=dict(latent_dim=30, filters=(48, 96)), epochs=40),
